@@ -1,0 +1,52 @@
+"""The dense baseline: every step, every neuron. Same interface as the adaptive methods."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..cells import cell_step, input_projection
+from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
+
+
+class DenseRNN(RecurrentBase):
+    """A plain tanh-RNN / GRU / LSTM stack; equals ``torch.nn.RNN/GRU/LSTM``.
+
+    Runs ``torch``'s fused ATen kernels (cuDNN on a GPU) by default; ``impl="reference"``
+    runs the readable per-step loop that the adaptive methods share.
+    """
+
+    OPTIONS = {"impl": "auto"}
+
+    def _forward(
+        self, x: Tensor, state: RecurrentState, valid: Tensor | None
+    ) -> tuple[Tensor, RecurrentState, Stats]:
+        impl = self.options["impl"]
+        if impl not in ("auto", "reference", "fast"):
+            raise ValueError(f"impl must be auto, reference or fast, got {impl!r}")
+        if impl == "reference":
+            out, cell = self._reference(x, state.cell, valid)
+        else:
+            from ..fast.dense import aten_forward
+
+            out, cell = aten_forward(self, x, state.cell, valid)
+        seq_len, batch = x.shape[:2]
+        updates = valid_float(valid, seq_len, batch, x).t()  # (B, T)
+        flops = updates.sum(1) * sum(self.dense_step_macs())
+        return out, RecurrentState(cell), Stats(updates, x.new_zeros(()), flops)
+
+    def _reference(self, x: Tensor, cell: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Layer by layer, so each layer's input projection is one matrix product."""
+        finals = []
+        layer_in = x  # (T, B, I)
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
+            gx = input_projection(layer_in, w_ih, b_ih)  # (T, B, G*D)
+            s = cell[layer]  # (B, K, D)
+            outs = []
+            for t in range(x.shape[0]):
+                s = keep_where(None if valid is None else valid[t], cell_step(self.cell, gx[t], s, w_hh, b_hh), s)
+                outs.append(s[:, 0])
+            finals.append(s)
+            layer_in = self.layer_input_dropout(torch.stack(outs), layer)
+        return layer_in, torch.stack(finals)
