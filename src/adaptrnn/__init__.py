@@ -1,7 +1,18 @@
 """adaptrnn: recurrent networks that learn to spend less computation."""
 
 from .layer import RecurrentBase, RecurrentState, Stats, full_computation
-from .methods.dense import DenseRNN
+from .methods import ACTRNN, METHODS, SARNN, VCRNN, DenseRNN, SkipRNN
 
-__all__ = ["DenseRNN", "RecurrentBase", "RecurrentState", "Stats", "full_computation"]
+__all__ = [
+    "ACTRNN",
+    "METHODS",
+    "SARNN",
+    "VCRNN",
+    "DenseRNN",
+    "RecurrentBase",
+    "RecurrentState",
+    "SkipRNN",
+    "Stats",
+    "full_computation",
+]
 __version__ = "0.1.0"

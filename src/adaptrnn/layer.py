@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .cells import GATES, STATE_PARTS, check_cell, step_macs
+from .cells import GATES, STATE_PARTS, cell_step, check_cell, step_macs
 
 
 @dataclass
@@ -253,6 +253,23 @@ class RecurrentBase(nn.Module):
         return steps < lengths.to(device).unsqueeze(0)
 
     # ---- helpers for the time loops ----------------------------------------------------
+
+    def stack_step(self, gx0: Tensor, cell: Tensor) -> Tensor:
+        """One step of the whole stack, for methods whose decision spans the layers.
+
+        gx0: (B, G*D) layer 0's input projection; cell: (L, B, K, D) -> (L, B, K, D).
+        Upper layers project the new hidden state of the layer below.
+        """
+        new = []
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
+            if layer == 0:
+                gx = gx0
+            else:
+                below = self.layer_input_dropout(new[-1][:, 0], layer - 1)
+                gx = nn.functional.linear(below, w_ih, b_ih)
+            new.append(cell_step(self.cell, gx, cell[layer], w_hh, b_hh))
+        return torch.stack(new)
 
     def layer_input_dropout(self, layer_out: Tensor, layer: int) -> Tensor:
         """``nn.LSTM``'s dropout on the outputs of every layer but the last."""

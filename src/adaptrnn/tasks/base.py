@@ -160,3 +160,13 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
         return None if t is None else t[start:stop]
 
     return Batch(batch.x[start:stop], batch.y[start:stop], cut(batch.lengths), cut(batch.mask), batch.carry_state)
+
+
+class ClassificationMixin:
+    """CE loss and accuracy for one prediction per sequence: pred (B, C), y (B,) int64."""
+
+    def loss(self, pred: Tensor, batch: Batch) -> Tensor:
+        return torch.nn.functional.cross_entropy(pred, batch.y)
+
+    def metric_parts(self, pred: Tensor, batch: Batch) -> tuple[float, float]:
+        return float((pred.detach().argmax(dim=-1) == batch.y).sum()), float(batch.y.numel())

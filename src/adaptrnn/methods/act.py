@@ -1,0 +1,114 @@
+"""Adaptive Computation Time (Graves, 2016): several internal steps per input.
+
+Notation as in METHODS.md §2: ponder steps n = 1..N(t), halting unit h_t^n, remainder R(t).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..cells import input_projection
+from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
+
+
+class ACTRNN(RecurrentBase):
+    """A recurrent stack that ponders each input for a learned number of steps.
+
+    Options (METHODS.md §2, the paper's defaults):
+        time_penalty: τ; the cost is ``τ Σ_t (N(t) + R(t))`` (a sum over steps, as in the
+            paper, not a mean), averaged over the batch. Default 1e-3 (sweep it).
+        max_steps: M, the cap on ponder steps (100).
+        epsilon: ε; halting when Σ h ≥ 1 - ε (0.01).
+        halting_bias_init: initial b_h (1.0, so early training ponders little).
+
+    Every ponder step runs the whole stack; layer 0 sees the input plus a flag that is 1
+    only at n = 1. The flag's weights are ``flag_weight`` (G*D,), a column kept apart from
+    ``weight_ih_l0`` so that ``torch.nn`` weights load unchanged; it starts at 0. The halting
+    unit ``σ(halting_weight · h + halting_bias)`` reads the top layer's h. States (h and c
+    of every layer) are combined mean-field with the weights p_t^n, so the output (the top
+    h) is the mean-field combination too.
+
+    Stats: ``updates`` is N(t); extras ``ponder`` (B, T) is N(t) + R(t), ``remainder`` R(t).
+    Full computation: exactly one ponder step (then equal to ``torch.nn``).
+    The reference loop checks on the host after each ponder step whether every example
+    has halted; the fast path (``adaptrnn.fast``) removes that synchronisation.
+    """
+
+    OPTIONS = {"time_penalty": 1e-3, "max_steps": 100, "epsilon": 0.01, "halting_bias_init": 1.0}
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
+        super().__init__(cell, input_size, hidden_size, num_layers, **kw)
+        if int(self.options["max_steps"]) < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.options['max_steps']!r}")
+        if not 0.0 <= float(self.options["epsilon"]) < 1.0:
+            raise ValueError(f"epsilon must be in [0, 1), got {self.options['epsilon']!r}")
+        rows = self.weight_ih_l0.shape[0]
+        self.flag_weight = nn.Parameter(torch.zeros(rows))
+        self.halting_weight = nn.Parameter(torch.empty(hidden_size))
+        self.halting_bias = nn.Parameter(torch.full((), float(self.options["halting_bias_init"])))
+        bound = 1.0 / hidden_size**0.5
+        nn.init.uniform_(self.halting_weight, -bound, bound)
+
+    def halting_prob(self, cell: Tensor) -> Tensor:
+        """h_t^n = σ(W_h s_t^n + b_h) from the top layer's h. cell: (L, B, K, D) -> (B,)."""
+        return torch.sigmoid(cell[-1, :, 0] @ self.halting_weight + self.halting_bias)
+
+    def ponder(self, gx: Tensor, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """All ponder steps of one input step.
+
+        gx: (B, G*D) layer 0's input projection; cell: (L, B, K, D) s_{t-1}.
+        Returns the mean-field state s_t (L, B, K, D), N(t) (B,) and R(t) (B,).
+        """
+        max_steps = 1 if self.full_computation else int(self.options["max_steps"])
+        threshold = 1.0 - float(self.options["epsilon"])
+        batch = gx.shape[0]
+        halted = torch.zeros(batch, dtype=torch.bool, device=gx.device)
+        cum = gx.new_zeros(batch)  # Σ_{n' < n} h_t^{n'} over the steps taken so far
+        steps = gx.new_zeros(batch)  # N(t) once halted
+        remainder = gx.new_zeros(batch)
+        mean_cell = torch.zeros_like(cell)
+        s = cell
+        for n in range(1, max_steps + 1):
+            s = self.stack_step(gx + self.flag_weight if n == 1 else gx, s)
+            h = self.halting_prob(s)
+            running = ~halted
+            # Halt at n if the sum would reach 1 - ε, or at the cap M.
+            stop = running & ((cum + h >= threshold) | (n == max_steps))
+            go_on = running & ~stop
+            # p_t^n = R(t) = 1 - Σ_{n'<N} h at the halting step (its gradient reaches every
+            # earlier h as -1), h_t^n before it, 0 after.
+            p = torch.where(stop, 1 - cum, torch.where(go_on, h, torch.zeros_like(h)))
+            mean_cell = mean_cell + p.view(1, -1, 1, 1) * s
+            remainder = torch.where(stop, 1 - cum, remainder)
+            steps = torch.where(stop, torch.full_like(steps, n), steps)
+            cum = torch.where(go_on, cum + h, cum)
+            halted = halted | stop
+            if bool(halted.all()):
+                break
+        return mean_cell, steps, remainder
+
+    def _forward(
+        self, x: Tensor, state: RecurrentState, valid: Tensor | None
+    ) -> tuple[Tensor, RecurrentState, Stats]:
+        seq_len, batch = x.shape[:2]
+        w_ih, _, b_ih, _ = self.layer_weights(0)
+        gx0 = input_projection(x, w_ih, b_ih)  # (T, B, G*D)
+        cell = state.cell
+        outs, all_steps, all_remainders = [], [], []
+        for t in range(seq_len):
+            valid_t = None if valid is None else valid[t]
+            new_cell, steps, remainder = self.ponder(gx0[t], cell)
+            cell = keep_where(valid_t, new_cell, cell)
+            outs.append(cell[-1, :, 0])
+            all_steps.append(steps)
+            all_remainders.append(remainder)
+        weight = valid_float(valid, seq_len, batch, x)  # (T, B)
+        steps = (torch.stack(all_steps) * weight).t()  # (B, T) N(t), no gradient (piecewise constant)
+        remainder = (torch.stack(all_remainders) * weight).t()  # (B, T) R(t), differentiable
+        ponder = steps + remainder
+        cost = self.options["time_penalty"] * ponder.sum(1).mean()
+        macs_per_ponder = sum(self.dense_step_macs()) + self.hidden_size  # stack + halting unit
+        flops = steps.sum(1) * macs_per_ponder
+        extras = {"ponder": ponder.detach(), "remainder": remainder.detach()}
+        return torch.stack(outs), RecurrentState(cell), Stats(steps, cost, flops, extras)

@@ -1,0 +1,114 @@
+"""Skip RNN (Campos et al., ICLR 2018): learn to skip whole state updates.
+
+Equations are numbered as in METHODS.md §1 (the paper's numbering).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..cells import input_projection
+from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
+
+
+def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
+    """``hard`` in the forward pass, gradient of the identity to ``soft`` (eq. 7)."""
+    return soft + (hard - soft).detach()
+
+
+def steps_to_skip(delta_prob: Tensor, threshold: float = 0.5) -> Tensor:
+    """N_skip of eq. 6: after an update with increment Δũ, the number of steps skipped.
+
+    ``min{n ≥ 1 : n·Δũ > threshold} - 1``, as integers; ``> threshold`` (not ``≥``) matches
+    the binarisation ``u = 1[ũ > threshold]`` used here, i.e. ``torch.round`` (half to even)
+    at the default 0.5, including the exact tie ``ũ = 0.5`` which rounds to 0 (skip).
+    Exact ties aside, this is the paper's formula. delta_prob: (B,) in (0, 1].
+    """
+    n = torch.floor(threshold / delta_prob) + 1  # smallest n with n·Δũ > threshold
+    return (n - 1).clamp(min=0).long()
+
+
+class SkipRNN(RecurrentBase):
+    """A recurrent stack with the Skip RNN binary update gate.
+
+    Options (METHODS.md §1):
+        budget: λ of the budget loss ``λ Σ_t u_t`` (eq. 8), averaged over the batch. 0 by default.
+        stochastic: sample ``u_t ~ Bernoulli(ũ_t)`` in training instead of rounding.
+        threshold: ``u_t = 1[ũ_t > threshold]``; 0.5 is the paper's ``round`` (half to even:
+            ũ = 0.5 skips). Raise it at inference to update less (the compute dial).
+
+    Parameters beyond ``torch.nn``'s: ``update_weight`` (D,) and ``update_bias`` () of eq. 4
+    (bias initialised to 1), and the learned initial state ``initial_cell`` (L, K, D).
+    One gate serves the whole stack, computed from the top layer: from its cell state c
+    for the LSTM (as the official code), from h otherwise.
+
+    Stats: ``updates`` is u_t; extras ``update_prob`` (B, T) is ũ_t.
+    State extras: ``update_prob`` (B,) ũ for the next step, ``delta_prob`` (B,) the last Δũ.
+    Full computation: u_t = 1 at every step.
+    """
+
+    OPTIONS = {"budget": 0.0, "stochastic": False, "threshold": 0.5}
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
+        super().__init__(cell, input_size, hidden_size, num_layers, **kw)
+        self.update_weight = nn.Parameter(torch.empty(hidden_size))
+        self.update_bias = nn.Parameter(torch.ones(()))
+        self.initial_cell = nn.Parameter(torch.zeros(num_layers, self.state_parts, hidden_size))
+        bound = 1.0 / hidden_size**0.5
+        nn.init.uniform_(self.update_weight, -bound, bound)
+
+    def initial_state(self, batch: int, x: Tensor) -> RecurrentState:
+        cell = self.initial_cell.unsqueeze(1).expand(-1, batch, -1, -1).to(x.dtype)  # (L, B, K, D)
+        return RecurrentState(cell, self.initial_extras(batch, x))
+
+    def initial_extras(self, batch: int, x: Tensor) -> dict[str, Tensor]:
+        # ũ_1 = 1 forces an update at the first step; Δũ is recomputed there.
+        return {"update_prob": x.new_ones(batch), "delta_prob": x.new_ones(batch)}
+
+    def update_increment(self, cell: Tensor) -> Tensor:
+        """Δũ = σ(W_p s + b_p) (eq. 4) from the top layer. cell: (L, B, K, D) -> (B,)."""
+        top = cell[-1, :, -1]  # c for the LSTM, h otherwise
+        return torch.sigmoid(top @ self.update_weight + self.update_bias)
+
+    def binarize(self, update_prob: Tensor) -> Tensor:
+        """u_t from ũ_t (eq. 2), straight-through in training."""
+        if self.full_computation:
+            return torch.ones_like(update_prob)
+        if self.training and self.options["stochastic"]:
+            hard = torch.bernoulli(update_prob.detach())
+        else:
+            hard = (update_prob > self.options["threshold"]).to(update_prob.dtype)
+        return straight_through(hard, update_prob)
+
+    def _forward(
+        self, x: Tensor, state: RecurrentState, valid: Tensor | None
+    ) -> tuple[Tensor, RecurrentState, Stats]:
+        seq_len, batch = x.shape[:2]
+        w_ih, _, b_ih, _ = self.layer_weights(0)
+        gx0 = input_projection(x, w_ih, b_ih)  # (T, B, G*D)
+        cell = state.cell  # (L, B, K, D)
+        update_prob, delta_prob = state.extras["update_prob"], state.extras["delta_prob"]
+        outs, gates, probs = [], [], []
+        for t in range(seq_len):
+            valid_t = None if valid is None else valid[t]
+            u = self.binarize(update_prob)  # (B,)
+            candidate = self.stack_step(gx0[t], cell)
+            new_cell = u.view(1, -1, 1, 1) * candidate + (1 - u).view(1, -1, 1, 1) * cell  # eq. 3
+            # Skipping copies the state, so Δũ is carried rather than recomputed.
+            new_delta = u * self.update_increment(new_cell) + (1 - u) * delta_prob
+            new_prob = u * new_delta + (1 - u) * (update_prob + torch.minimum(new_delta, 1 - update_prob))  # eq. 5
+            probs.append(update_prob)
+            gates.append(u)
+            cell = keep_where(valid_t, new_cell, cell)
+            delta_prob = keep_where(valid_t, new_delta, delta_prob)
+            update_prob = keep_where(valid_t, new_prob, update_prob)
+            outs.append(cell[-1, :, 0])
+        weight = valid_float(valid, seq_len, batch, x)  # (T, B)
+        updates = (torch.stack(gates) * weight).t()  # (B, T), differentiable (straight-through)
+        cost = self.options["budget"] * updates.sum(1).mean()
+        macs_per_update = sum(self.dense_step_macs()) + self.hidden_size  # cell stack + gate
+        flops = updates.detach().sum(1) * macs_per_update
+        final = RecurrentState(cell, {"update_prob": update_prob, "delta_prob": delta_prob})
+        extras = {"update_prob": (torch.stack(probs) * weight).t().detach()}
+        return torch.stack(outs), final, Stats(updates.detach(), cost, flops, extras)

@@ -1,0 +1,142 @@
+"""Variable Computation RNN (Jernite et al., ICLR 2017): update only the first d_t dimensions.
+
+Notation as in METHODS.md §3: scheduler m_t, soft mask e_t with sharpness λ and threshold ε.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..cells import GATES, input_projection, pointwise
+from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
+
+
+def threshold_eps(z: Tensor, epsilon: float) -> Tensor:
+    """Thres_ε: 1 above 1 - ε, 0 below ε, identity in between (gradient kept in between)."""
+    one, zero = torch.ones_like(z), torch.zeros_like(z)
+    return torch.where(z > 1 - epsilon, one, torch.where(z < epsilon, zero, z))
+
+
+def soft_mask(m: Tensor, hidden_size: int, sharpness: float, epsilon: float) -> Tensor:
+    """(e_t)_i = Thres_ε(σ(λ (m_t·D - i))), i = 1..D. m: (B,) -> (B, D)."""
+    i = torch.arange(1, hidden_size + 1, device=m.device, dtype=m.dtype)
+    return threshold_eps(torch.sigmoid(sharpness * (m.unsqueeze(1) * hidden_size - i)), epsilon)
+
+
+def hard_mask(m: Tensor, hidden_size: int) -> Tensor:
+    """1 on the first d_t = ceil(m_t·D) dimensions (at least one), 0 after. m: (B,) -> (B, D)."""
+    d = active_dims(m, hidden_size)
+    i = torch.arange(1, hidden_size + 1, device=m.device)
+    return (i.unsqueeze(0) <= d.unsqueeze(1)).to(m.dtype)
+
+
+def active_dims(m: Tensor, hidden_size: int) -> Tensor:
+    """d_t = ceil(m_t·D), clamped to 1..D. m: (B,) -> (B,) int64."""
+    return torch.ceil(m * hidden_size).long().clamp(1, hidden_size)
+
+
+class VCRNN(RecurrentBase):
+    """A recurrent stack whose scheduler picks how many leading dimensions to update.
+
+    Options (METHODS.md §3):
+        target: m̄, the target fraction of computation (0.5).
+        penalty: weight of the cost ``penalty · mean_t |m_t - m̄|`` (mean over steps and
+            layers, averaged over the batch; a mean so the weight does not scale with T). 1.0.
+        sharpness: λ of the soft mask at the start; raise it with ``set_sharpness``. 1.0.
+        epsilon: ε of Thres_ε (0.1).
+        hard: None = the hard version in eval mode and the soft one in training;
+            True / False to force either.
+        scale: multiplies m_t before the mask; the inference compute dial (1.0).
+
+    Each layer has its own scheduler ``m_t = σ(u·h_{t-1} + v·x_t + b)``: parameters
+    ``scheduler_h_l{k}`` (D,), ``scheduler_x_l{k}`` (I_k,), ``scheduler_bias_l{k}`` ().
+    Soft version: the cell reads ``e_t ⊙ h_{t-1}`` and the new state (h and c) is
+    ``e_t ⊙ S + (1 - e_t) ⊙ s_{t-1}``. The input x_t is not masked (for a one-hot or
+    embedded input, masking it would discard information). Hard version: the same with
+    the binary mask of the first d_t dimensions, which is what computing only the upper-left
+    blocks of the weights gives (``adaptrnn.fast`` does that).
+
+    Stats: ``updates`` is the mean over layers of d_t/D (soft: Σ_i e_i / D); extras
+    ``scheduler`` (B, T) is m_t (mean over layers).
+    Full computation: e_t = 1 (all D dimensions).
+    """
+
+    OPTIONS = {"target": 0.5, "penalty": 1.0, "sharpness": 1.0, "epsilon": 0.1, "hard": None, "scale": 1.0}
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
+        super().__init__(cell, input_size, hidden_size, num_layers, **kw)
+        self.register_buffer("sharpness", torch.tensor(float(self.options["sharpness"])))
+        for layer in range(num_layers):
+            in_size = input_size if layer == 0 else hidden_size
+            h_w, x_w = torch.empty(hidden_size), torch.empty(in_size)
+            nn.init.uniform_(h_w, -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size))
+            nn.init.uniform_(x_w, -1 / math.sqrt(in_size), 1 / math.sqrt(in_size))
+            self.register_parameter(f"scheduler_h_l{layer}", nn.Parameter(h_w))
+            self.register_parameter(f"scheduler_x_l{layer}", nn.Parameter(x_w))
+            self.register_parameter(f"scheduler_bias_l{layer}", nn.Parameter(torch.zeros(())))
+
+    def set_sharpness(self, value: float) -> None:
+        """The sharpness-schedule hook: set λ of the soft mask (kept in checkpoints)."""
+        self.sharpness.fill_(float(value))
+
+    @property
+    def is_hard(self) -> bool:
+        hard = self.options["hard"]
+        return (not self.training) if hard is None else bool(hard)
+
+    def scheduler(self, layer: int, h: Tensor, x: Tensor) -> Tensor:
+        """m_t = σ(u·h_{t-1} + v·x_t + b), times the ``scale`` dial. h: (B, D), x: (B, I) -> (B,)."""
+        get = lambda n: getattr(self, f"scheduler_{n}_l{layer}")  # noqa: E731
+        m = torch.sigmoid(h @ get("h") + x @ get("x") + get("bias"))
+        return (m * float(self.options["scale"])).clamp(max=1.0)
+
+    def mask(self, m: Tensor) -> Tensor:
+        """e_t (B, D): soft in training, binary in hard mode, all ones under full computation."""
+        if self.full_computation:
+            return torch.ones(m.shape[0], self.hidden_size, device=m.device, dtype=m.dtype)
+        if self.is_hard:
+            return hard_mask(m, self.hidden_size)
+        return soft_mask(m, self.hidden_size, float(self.sharpness), float(self.options["epsilon"]))
+
+    def _forward(
+        self, x: Tensor, state: RecurrentState, valid: Tensor | None
+    ) -> tuple[Tensor, RecurrentState, Stats]:
+        seq_len, batch = x.shape[:2]
+        weight = valid_float(valid, seq_len, batch, x)  # (T, B)
+        gates = GATES[self.cell]
+        finals, fractions, schedules, flops = [], [], [], x.new_zeros(batch)
+        deviation = x.new_zeros(batch)
+        layer_in = x  # (T, B, I)
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
+            in_size = layer_in.shape[-1]
+            gx = input_projection(layer_in, w_ih, b_ih)  # (T, B, G*D)
+            s = state.cell[layer]  # (B, K, D)
+            outs, layer_fraction, layer_m = [], [], []
+            for t in range(seq_len):
+                m = self.scheduler(layer, s[:, 0], layer_in[t])  # (B,)
+                e = self.mask(m)  # (B, D)
+                gh = nn.functional.linear(e * s[:, 0], w_hh, b_hh)  # (B, G*D)
+                candidate = pointwise(self.cell, gx[t], gh, s)
+                e3 = e.unsqueeze(1)  # (B, 1, D) masks h and c alike
+                s = keep_where(None if valid is None else valid[t], e3 * candidate + (1 - e3) * s, s)
+                outs.append(s[:, 0])
+                layer_fraction.append(e.detach().sum(1))
+                layer_m.append(m)
+            d = torch.stack(layer_fraction) * weight  # (T, B) dimensions updated
+            m = torch.stack(layer_m)  # (T, B)
+            # Cell rows/columns actually needed, plus the scheduler's two dot products.
+            flops = flops + ((gates * d * (in_size + d)) + weight * (self.hidden_size + in_size)).sum(0)
+            fractions.append(d / self.hidden_size)
+            schedules.append(m.detach() * weight)
+            target = float(self.options["target"])
+            deviation = deviation + ((m - target).abs() * weight).sum(0) / weight.sum(0).clamp(min=1)
+            finals.append(s)
+            layer_in = self.layer_input_dropout(torch.stack(outs), layer)
+        updates = (torch.stack(fractions).mean(0)).t()  # (B, T)
+        cost = self.options["penalty"] * (deviation / self.num_layers).mean()
+        extras = {"scheduler": torch.stack(schedules).mean(0).t()}
+        return layer_in, RecurrentState(torch.stack(finals)), Stats(updates, cost, flops, extras)
