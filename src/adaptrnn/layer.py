@@ -175,9 +175,7 @@ class RecurrentBase(nn.Module):
             out = out.transpose(0, 1)
         return out, final, stats
 
-    def _forward(
-        self, x: Tensor, state: RecurrentState, valid: Tensor | None
-    ) -> tuple[Tensor, RecurrentState, Stats]:
+    def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
         """x: (T, B, I) time-major; valid: (T, B) bool or None (all valid)."""
         raise NotImplementedError
 

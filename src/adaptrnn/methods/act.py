@@ -88,9 +88,7 @@ class ACTRNN(RecurrentBase):
                 break
         return mean_cell, steps, remainder
 
-    def _forward(
-        self, x: Tensor, state: RecurrentState, valid: Tensor | None
-    ) -> tuple[Tensor, RecurrentState, Stats]:
+    def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
         seq_len, batch = x.shape[:2]
         w_ih, _, b_ih, _ = self.layer_weights(0)
         gx0 = input_projection(x, w_ih, b_ih)  # (T, B, G*D)

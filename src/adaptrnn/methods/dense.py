@@ -18,9 +18,7 @@ class DenseRNN(RecurrentBase):
 
     OPTIONS = {"impl": "auto"}
 
-    def _forward(
-        self, x: Tensor, state: RecurrentState, valid: Tensor | None
-    ) -> tuple[Tensor, RecurrentState, Stats]:
+    def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
         impl = self.options["impl"]
         if impl not in ("auto", "reference", "fast"):
             raise ValueError(f"impl must be auto, reference or fast, got {impl!r}")

@@ -75,9 +75,7 @@ class SARNN(RecurrentBase):
         hard = (likelihood > self.options["threshold"]).to(likelihood.dtype)
         return straight_through(hard, likelihood)
 
-    def _forward(
-        self, x: Tensor, state: RecurrentState, valid: Tensor | None
-    ) -> tuple[Tensor, RecurrentState, Stats]:
+    def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
         seq_len, batch = x.shape[:2]
         weight = valid_float(valid, seq_len, batch, x)  # (T, B)
         gates = GATES[self.cell]

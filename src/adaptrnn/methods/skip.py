@@ -81,9 +81,7 @@ class SkipRNN(RecurrentBase):
             hard = (update_prob > self.options["threshold"]).to(update_prob.dtype)
         return straight_through(hard, update_prob)
 
-    def _forward(
-        self, x: Tensor, state: RecurrentState, valid: Tensor | None
-    ) -> tuple[Tensor, RecurrentState, Stats]:
+    def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
         seq_len, batch = x.shape[:2]
         w_ih, _, b_ih, _ = self.layer_weights(0)
         gx0 = input_projection(x, w_ih, b_ih)  # (T, B, G*D)

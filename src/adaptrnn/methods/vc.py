@@ -101,9 +101,7 @@ class VCRNN(RecurrentBase):
             return hard_mask(m, self.hidden_size)
         return soft_mask(m, self.hidden_size, float(self.sharpness), float(self.options["epsilon"]))
 
-    def _forward(
-        self, x: Tensor, state: RecurrentState, valid: Tensor | None
-    ) -> tuple[Tensor, RecurrentState, Stats]:
+    def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
         seq_len, batch = x.shape[:2]
         weight = valid_float(valid, seq_len, batch, x)  # (T, B)
         gates = GATES[self.cell]
