@@ -22,8 +22,9 @@ class ParityTask(GeneratedTask):
     positions are set to +1 or -1 (fair coin each), the rest are 0.
     y: (B, 1) float, 1.0 if the number of +1 entries is odd.
     pred: (B, 1), one logit; loss: binary cross-entropy with logits.
-    ``max_nonzero=0`` means ``size``.  ``test_min_nonzero`` / ``test_max_nonzero`` (0 = as in
-    training) change the range of the test split only, for the PonderNet extrapolation setup.
+    ``max_nonzero=0`` means ``size``.  ``test_min_nonzero`` / ``test_max_nonzero`` change the
+    range of the test split only, for the PonderNet extrapolation setup; 0 means as in training,
+    except that ``test_max_nonzero`` defaults to ``size`` when ``test_min_nonzero`` is given.
     """
 
     name = "parity"
@@ -46,7 +47,9 @@ class ParityTask(GeneratedTask):
         super().__init__(seed, val_size, test_size)
         self.size = self.input_size = size
         self.range = (min_nonzero, max_nonzero or size)
-        self.test_range = (test_min_nonzero or self.range[0], test_max_nonzero or self.range[1])
+        # a test range given only by its minimum extends to `size` (train 1..48, test 49..96)
+        test_max = test_max_nonzero or (size if test_min_nonzero else self.range[1])
+        self.test_range = (test_min_nonzero or self.range[0], test_max)
         for lo, hi in (self.range, self.test_range):
             if not 1 <= lo <= hi <= size:
                 raise ValueError(f"parity: non-zero count range [{lo}, {hi}] must lie in [1, size={size}]")
