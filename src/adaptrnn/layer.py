@@ -276,11 +276,16 @@ class RecurrentBase(nn.Module):
         return layer_out
 
 
-def keep_where(valid_t: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
-    """``new`` where the step is valid, ``old`` at padded positions. valid_t: (B,) bool."""
+def keep_where(valid_t: Tensor | None, new: Tensor, old: Tensor, batch_dim: int = 0) -> Tensor:
+    """``new`` where the step is valid, ``old`` at padded positions.
+
+    valid_t: (B,) bool; batch_dim: the axis of ``new``/``old`` that is B (1 for a (L, B, K, D) stack).
+    """
     if valid_t is None:
         return new
-    return torch.where(valid_t.view(-1, *([1] * (new.dim() - 1))), new, old)
+    shape = [1] * new.dim()
+    shape[batch_dim] = -1
+    return torch.where(valid_t.view(shape), new, old)
 
 
 def valid_float(valid: Tensor | None, seq_len: int, batch: int, like: Tensor) -> Tensor:

@@ -97,7 +97,7 @@ class ACTRNN(RecurrentBase):
         for t in range(seq_len):
             valid_t = None if valid is None else valid[t]
             new_cell, steps, remainder = self.ponder(gx0[t], cell)
-            cell = keep_where(valid_t, new_cell, cell)
+            cell = keep_where(valid_t, new_cell, cell, batch_dim=1)  # (L, B, K, D)
             outs.append(cell[-1, :, 0])
             all_steps.append(steps)
             all_remainders.append(remainder)

@@ -98,7 +98,7 @@ class SkipRNN(RecurrentBase):
             new_prob = u * new_delta + (1 - u) * (update_prob + torch.minimum(new_delta, 1 - update_prob))  # eq. 5
             probs.append(update_prob)
             gates.append(u)
-            cell = keep_where(valid_t, new_cell, cell)
+            cell = keep_where(valid_t, new_cell, cell, batch_dim=1)  # (L, B, K, D)
             delta_prob = keep_where(valid_t, new_delta, delta_prob)
             update_prob = keep_where(valid_t, new_prob, update_prob)
             outs.append(cell[-1, :, 0])
@@ -110,3 +110,35 @@ class SkipRNN(RecurrentBase):
         final = RecurrentState(cell, {"update_prob": update_prob, "delta_prob": delta_prob})
         extras = {"update_prob": (torch.stack(probs) * weight).t().detach()}
         return torch.stack(outs), final, Stats(updates.detach(), cost, flops, extras)
+
+
+class RandomSkipRNN(SkipRNN):
+    """The random-skip baseline of Skip RNN Table 1: ``u_t ~ Bernoulli(1 - skip_prob)`` per step.
+
+    Options:
+        skip_prob: probability of skipping a step (0.5 in the paper), in training and at inference.
+
+    The gate is not learned: its parameters are frozen and the budget is 0. The FLOPs count
+    the cell stack only, since no gate is evaluated (the paper's 1.23e6 = half of the LSTM's).
+    Full computation: u_t = 1 at every step.
+    """
+
+    OPTIONS = {"skip_prob": 0.5}
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
+        super().__init__(cell, input_size, hidden_size, num_layers, **kw)
+        if not 0.0 <= float(self.options["skip_prob"]) <= 1.0:
+            raise ValueError(f"skip_prob must be in [0, 1], got {self.options['skip_prob']!r}")
+        self.options = {**SkipRNN.OPTIONS, **self.options}
+        self.update_weight.requires_grad_(False)
+        self.update_bias.requires_grad_(False)
+
+    def binarize(self, update_prob: Tensor) -> Tensor:
+        if self.full_computation:
+            return torch.ones_like(update_prob)
+        return torch.bernoulli(torch.full_like(update_prob, 1.0 - float(self.options["skip_prob"])))
+
+    def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
+        out, final, stats = super()._forward(x, state, valid)
+        stats.flops = stats.updates.sum(1) * sum(self.dense_step_macs())
+        return out, final, stats

@@ -21,8 +21,14 @@ def threshold_eps(z: Tensor, epsilon: float) -> Tensor:
 
 
 def soft_mask(m: Tensor, hidden_size: int, sharpness: float, epsilon: float) -> Tensor:
-    """(e_t)_i = Thres_ε(σ(λ (m_t·D - i))), i = 1..D. m: (B,) -> (B, D)."""
-    i = torch.arange(1, hidden_size + 1, device=m.device, dtype=m.dtype)
+    """(e_t)_i = Thres_ε(σ(λ (m_t·D - i))), counting i = 0..D-1. m: (B,) -> (B, D).
+
+    Counting from 0 makes the λ → ∞ limit the hard mask: dimension i (0-based) is on iff
+    i < m_t·D, i.e. the first ceil(m_t·D) dimensions, and the first one always (e_0 ≥ 1/2).
+    Counting from 1 (the paper's notation) would give floor(m_t·D), one fewer than
+    :func:`hard_mask`, so training and inference would disagree.
+    """
+    i = torch.arange(hidden_size, device=m.device, dtype=m.dtype)
     return threshold_eps(torch.sigmoid(sharpness * (m.unsqueeze(1) * hidden_size - i)), epsilon)
 
 
