@@ -1,0 +1,154 @@
+"""Checkpoints: weights as safetensors, trainer state via ``torch.save``, each file written atomically;
+and the RNG states a checkpoint must hold for an exact resume.
+
+A checkpoint is a directory with ``model.safetensors`` and ``trainer_state.pt``. Each file is
+written to a temporary file in the same directory, fsynced and moved into place with
+``os.replace``, so a crash leaves either the old or the new file, never a torn one. Both files
+record the step; loading refuses a pair whose steps differ (a crash between the two writes).
+The trainer state is read with ``torch.load(weights_only=True)``: tensors and plain containers
+only, so loading a checkpoint never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+FORMAT = "adaptrnn-trainer-state"
+VERSION = 1
+WEIGHTS = "model.safetensors"
+STATE = "trainer_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (missing, truncated, foreign, mismatched); one-line message."""
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``write(file)`` so that readers see the old or the new content only."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, state: dict[str, Any]) -> None:
+    """Write ``model``'s weights and the trainer ``state`` (which must hold ``step``) to ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    step = int(state["step"])
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = safetensors_bytes(tensors, metadata={"format": FORMAT, "step": str(step)})
+    atomic_write(directory / WEIGHTS, lambda f: f.write(blob))
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    atomic_write(directory / STATE, lambda f: torch.save(payload, f))
+
+
+def load_weights(path: str | Path, model: nn.Module) -> int:
+    """Load a ``model.safetensors`` into ``model`` (strict); returns the step it was saved at."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint weights not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as err:  # safetensors raises its own error types for truncated/foreign files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an adaptrnn checkpoint (no adaptrnn metadata)")
+    missing = sorted(set(model.state_dict()) - set(tensors))
+    unexpected = sorted(set(tensors) - set(model.state_dict()))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the model (missing: {', '.join(missing[:5]) or 'none'}; "
+            f"unexpected: {', '.join(unexpected[:5]) or 'none'})"
+        )
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not match the model ({_first_line(err)})") from None
+    return int(metadata.get("step", -1))
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    """The trainer state saved by :func:`save_checkpoint` (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: trainer state not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle refused by weights_only, garbage ...
+        raise CheckpointError(f"{path}: not a readable trainer state ({_first_line(err)})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an adaptrnn trainer state")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path}: trainer state version {state.get('version')!r}, expected {VERSION}")
+    return state
+
+
+def load_checkpoint(directory: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` and return the trainer state; both must be from the same step."""
+    directory = Path(directory)
+    state = load_trainer_state(directory / STATE)
+    step = load_weights(directory / WEIGHTS, model)
+    if step != state["step"]:
+        raise CheckpointError(
+            f"{directory}: weights (step {step}) and trainer state (step {state['step']}) differ; "
+            "the run was interrupted while saving"
+        )
+    return state
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), python and numpy."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state, as tensors and plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

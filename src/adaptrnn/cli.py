@@ -1,0 +1,134 @@
+"""The ``adaptrnn`` command: train, eval, and the report/plot/bench/dial commands of their modules.
+
+Errors the user can cause print one line ``adaptrnn: error: ...`` on stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .config import ConfigError
+
+# Commands whose module (adaptrnn.<name>) provides add_arguments(parser) and run(args) -> int.
+DELEGATED = {
+    "report": "table over run directories (markdown/CSV)",
+    "plot": "plots of runs (training curves, update patterns, Pareto fronts)",
+    "bench": "speed benchmark, side by side with torch.nn",
+    "dial": "inference compute dial: metric vs. computation of a trained run",
+}
+
+
+class UsageError(Exception):
+    """A command-line mistake (argparse's), reported in one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but errors raise (so main prints them as one line) instead of printing usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def build_parser(command: str | None = None) -> Parser:
+    """The argument parser; a delegated command's module is imported only when it is ``command``."""
+    parser = Parser(prog="adaptrnn", description="Recurrent networks that learn to spend less computation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    train = sub.add_parser("train", help="train a model on a task and write a run directory")
+    train.add_argument("--task", help="task name (adding, frequency, pixel-mnist, parity, char-lm, ...)")
+    train.add_argument("--model", help="model name (lstm, skip-lstm, act-rnn, vc-gru, sa-gru, random-skip-lstm, ...)")
+    train.add_argument("--steps", help="training steps")
+    train.add_argument("--seed", help="random seed")
+    train.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any trainer field, task option or method option (e.g. budget=1e-5, lr=1e-3, length=100)",
+    )
+    train.add_argument("--config", help="YAML config file (e.g. configs/skip_rnn/adding_skip_lstm_l1e-5.yaml)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--out", required=True, help="run directory")
+
+    evaluate = sub.add_parser("eval", help="recompute a run's metric from its best checkpoint")
+    evaluate.add_argument("--run", required=True, help="run directory")
+    evaluate.add_argument("--split", default="test", choices=("val", "test"))
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+    for name, help_text in DELEGATED.items():
+        if importlib.util.find_spec(f"adaptrnn.{name}") is None:
+            continue  # that command's module is not part of this installation
+        delegated = sub.add_parser(name, help=help_text)
+        if name == command:
+            importlib.import_module(f"adaptrnn.{name}").add_arguments(delegated)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import load_config_file, make_config
+    from .evaluation import summary_line
+    from .plot import plot_curves, plot_update_pattern
+    from .train import train
+
+    out = Path(args.out)
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume continues with the run's own config.yaml; drop --config")
+        if not (out / "config.yaml").is_file():
+            raise ConfigError(f"{out}: nothing to resume (no config.yaml)")
+        base = load_config_file(out / "config.yaml")
+    else:
+        base = load_config_file(args.config) if args.config else {}
+    flags = {"task": args.task, "model": args.model, "steps": args.steps, "seed": args.seed, "device": args.device}
+    config = make_config(base, flags, args.set)
+    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    if result is not None:  # rank 0
+        plot_curves([out], out / "curves.png")
+        plot_update_pattern(out, out / "updates.png")
+        print(summary_line(result))
+        print(f"run directory: {out} (plots: curves.png, updates.png)")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .evaluation import summary_line
+    from .train import evaluate
+
+    result = evaluate(args.run, split=args.split, device=args.device)
+    print(summary_line(result))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for user errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        args = build_parser(command).parse_args(argv)
+        if args.command == "train":
+            return run_train(args)
+        if args.command == "eval":
+            return run_eval(args)
+        return int(importlib.import_module(f"adaptrnn.{args.command}").run(args))
+    except (UsageError, ConfigError, CheckpointError) as err:
+        print(f"adaptrnn: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""``adaptrnn plot``: Pareto plots, update patterns, computation per character, training curves.
+
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot state), and
+saved without tight bounding boxes so an image is exactly ``figsize × DPI`` pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import PatchCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .report import (
+    aggregate,
+    collect_runs,
+    find_metric_dirs,
+    find_run_dirs,
+    format_value,
+    group_columns,
+    method_family,
+    read_metrics,
+)
+
+DPI = 100
+KINDS = ("auto", "pareto", "pattern", "text", "curves")
+FAMILY_STYLE = {
+    "dense": ("o", "tab:gray"),
+    "random-skip": ("X", "tab:brown"),
+    "skip": ("s", "tab:blue"),
+    "act": ("^", "tab:red"),
+    "vc": ("D", "tab:green"),
+    "sa": ("v", "tab:purple"),
+}
+HIGHER_IS_BETTER = ("accuracy", "acc", "map", "auc", "f1")
+# Skip RNN paper, MNIST figure: used pixels red, skipped ones blue, brightness from the pixel.
+USED_RGB, SKIPPED_RGB = np.array([1.0, 0.15, 0.1]), np.array([0.2, 0.35, 1.0])
+Size = tuple[float, float] | None
+
+
+def lower_is_better(metric: str) -> bool:
+    """Direction of a metric from its name: accuracy-like metrics are higher-better, the rest
+    (mse, sequence_error, bpc, losses) lower-better."""
+    return metric.lower() not in HIGHER_IS_BETTER
+
+
+def pareto_front(points: Sequence[tuple[float, float]], lower_is_better: bool) -> list[int]:
+    """Indices of the non-dominated (cost, metric) points, by increasing cost.
+
+    Cost is always lower-better; a point is dominated when another is no worse in both and
+    strictly better in one. Points with a NaN coordinate are never on the front.
+    """
+    sign = 1.0 if lower_is_better else -1.0
+    pts = [(float(c), sign * float(m)) for c, m in points]
+    front = []
+    for i, (c, m) in enumerate(pts):
+        if math.isnan(c) or math.isnan(m):
+            continue
+        if not any(c2 <= c and m2 <= m and (c2 < c or m2 < m) for c2, m2 in pts):
+            front.append(i)
+    return sorted(front, key=lambda i: pts[i])
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    return out
+
+
+def _result_info(run_dir: Path) -> dict[str, Any]:
+    """result.json if readable, else {}: titles only, so a run still in progress can be plotted."""
+    try:
+        info = json.loads((run_dir / "result.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def load_samples(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of ``RUN_DIR/samples.npz``; FileNotFoundError naming the path if absent."""
+    path = Path(run_dir) / "samples.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (the run saved no sample sequences)")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _single_run(run_dirs: Sequence[str | Path], kind: str) -> Path:
+    dirs = [d for p in run_dirs for d in find_run_dirs(p)]
+    if len(dirs) != 1:
+        raise ValueError(f"--kind {kind} plots one run; {len(dirs)} found in {[str(p) for p in run_dirs]}")
+    return dirs[0]
+
+
+def _image_side(x: np.ndarray | None, task: str) -> int | None:
+    """Side of the square image a (N, T[, 1]) float input unrolls, for pixel-by-pixel tasks."""
+    if x is None or not np.issubdtype(x.dtype, np.floating) or (x.ndim == 3 and x.shape[2] != 1):
+        return None
+    steps = x.shape[1]
+    side = math.isqrt(steps)
+    return side if side * side == steps and (steps == 784 or "mnist" in task) else None
+
+
+def _draw_images(fig: Figure, x: np.ndarray, updates: np.ndarray, side: int, count: int) -> None:
+    axes = fig.subplots(1, count, squeeze=False)[0]
+    for i, ax in enumerate(axes):
+        img = x[i].reshape(side, side).astype(float)
+        img = (img - img.min()) / (np.ptp(img) or 1.0)
+        used = updates[i, : side * side].reshape(side, side) > 0
+        rgb = np.where(used[..., None], USED_RGB, SKIPPED_RGB) * (0.25 + 0.75 * img[..., None])
+        ax.imshow(rgb, interpolation="nearest")
+        ax.set_title(f"{int(used.sum())}/{side * side} used", fontsize=9)
+        ax.set_axis_off()
+
+
+def _draw_rasters(fig: Figure, samples: dict[str, np.ndarray], count: int) -> None:
+    """Per sample: the input over time (used steps marked), then the computation at each step."""
+    x, updates = samples.get("x"), samples["updates"]
+    panels = 2 if x is not None else 1
+    steps = updates.shape[1] if x is None else min(updates.shape[1], x.shape[1])
+    axes = fig.subplots(panels * count, 1, squeeze=False, sharex=True)[:, 0]
+    lengths = samples.get("lengths", np.full(count, steps))
+    for i in range(count):
+        n = min(steps, int(lengths[i]))  # padded positions carry no computation
+        t, used = np.arange(n), updates[i, :n] > 0
+        axes[panels * i].set_title(f"sample {i}: {int(used.sum())}/{n} steps with an update", fontsize=9)
+        if x is not None:
+            ax, xi = axes[panels * i], x[i, :n]
+            if xi.ndim == 1 or xi.shape[1] <= 4:  # token ids or a few features: lines, used steps dotted
+                ax.plot(t, xi, lw=0.8, color="0.3", drawstyle="steps-mid" if xi.ndim == 1 else "default")
+                ax.plot(t[used], xi[used], ".", color="tab:red", ms=3)
+                ax.set_ylabel("token" if xi.ndim == 1 else "input")
+            else:
+                ax.imshow(xi.T, aspect="auto", interpolation="nearest", cmap="Greys")
+                ax.set_ylabel("feature")
+        ax = axes[panels * i + panels - 1]
+        ax.stairs(updates[i, :n], np.arange(n + 1) - 0.5, fill=True, color="tab:blue", label="updates")
+        for key, colour in (("ponder", "tab:red"), ("scheduler", "tab:green"), ("update_prob", "tab:orange")):
+            if key in samples:
+                ax.plot(t, samples[key][i, :n], color=colour, lw=0.8, label=key)
+        ax.set_ylabel("computation")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlabel("step")
+
+
+def _draw_neurons(fig: Figure, neuron_updates: np.ndarray, count: int) -> None:
+    axes = fig.subplots(count, 1, squeeze=False, sharex=True)[:, 0]
+    for i, ax in enumerate(axes):
+        ax.imshow(neuron_updates[i].T, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=1)
+        ax.set_ylabel("neuron")
+        ax.set_title(f"sample {i}: {neuron_updates[i].mean():.1%} of neuron updates applied (black)", fontsize=9)
+    axes[-1].set_xlabel("step")
+
+
+def plot_update_pattern(run_dir: str | Path, out: str | Path, *, max_samples: int = 4, figsize: Size = None) -> Path:
+    """Where a run computed on its sample sequences.
+
+    SA-RNN (``neuron_updates`` present): neuron × time heat maps. Pixel-by-pixel images
+    (T = 784, or a square T on an MNIST task): the image with used pixels red, skipped ones
+    blue, as in the Skip RNN paper. Otherwise: the input with used steps marked above a bar
+    plot of the computation per step (``ponder``, ``scheduler``, ``update_prob`` overlaid if present).
+    """
+    run_dir = Path(run_dir)
+    samples = load_samples(run_dir)
+    if "updates" not in samples:
+        raise ValueError(f"{run_dir / 'samples.npz'}: no 'updates' array")
+    info = _result_info(run_dir)
+    task = str(info.get("task", ""))
+    count = min(max_samples, samples["updates"].shape[0])
+    side = _image_side(samples.get("x"), task)
+    if "neuron_updates" in samples:
+        fig = _figure(figsize or (10.0, 2.2 * count + 0.6))
+        _draw_neurons(fig, samples["neuron_updates"], count)
+    elif side is not None:
+        fig = _figure(figsize or (2.6 * count, 3.2))
+        _draw_images(fig, samples["x"], samples["updates"], side, count)
+    else:
+        fig = _figure(figsize or (10.0, (3.4 if "x" in samples else 1.8) * count + 0.6))
+        _draw_rasters(fig, samples, count)
+    fig.suptitle(f"{info.get('model', run_dir.name)} on {task or '?'}: update pattern", fontsize=10)
+    return _save(fig, out)
+
+
+def _char_class(ch: str) -> str:
+    if ch == " ":
+        return "space"
+    if ch == "\n":
+        return "newline"
+    if ch in ".,;:!?'\"-":
+        return "punctuation"
+    return "letter" if ch.isalpha() else "other"
+
+
+def plot_text_computation(
+    run_dir: str | Path, out: str | Path, *, max_chars: int = 800, width: int = 80, figsize: Size = None
+) -> Path:
+    """Computation per character of sample 0, as coloured text, and its mean per character class.
+
+    Uses ``text`` and the first of ``ponder`` (ACT N+R), ``scheduler`` (VC m_t), ``updates``
+    from samples.npz; value t is the computation at the step that reads character t.
+    """
+    run_dir = Path(run_dir)
+    samples = load_samples(run_dir)
+    if "text" not in samples:
+        raise ValueError(f"{run_dir / 'samples.npz'}: no 'text' array (saved by char-lm runs only)")
+    key = next((k for k in ("ponder", "scheduler", "updates") if k in samples), None)
+    if key is None:
+        raise ValueError(f"{run_dir / 'samples.npz'}: no 'ponder', 'scheduler' or 'updates' array")
+    text = str(samples["text"][()])
+    values = np.asarray(samples[key], dtype=float)
+    values = values[0] if values.ndim == 2 else values
+    n = min(len(text), len(values), max_chars)
+    text, values = text[:n], values[:n]
+    cells, row, col = [], 0, 0
+    for ch in text:
+        if col >= width:
+            row, col = row + 1, 0
+        cells.append((row, col))
+        row, col = (row + 1, 0) if ch == "\n" else (row, col + 1)
+    rows = row + 1
+    fig = _figure(figsize or (0.12 * width + 1.6, 0.22 * rows + 2.6))
+    text_ax, class_ax = fig.subplots(2, 1, height_ratios=[max(rows, 4), 6])
+    norm = Normalize(float(values.min()), float(values.max()) if values.max() > values.min() else values.min() + 1)
+    mappable = ScalarMappable(norm=norm, cmap="viridis")
+    patches = [Rectangle((c, r), 1, 1) for r, c in cells]
+    text_ax.add_collection(PatchCollection(patches, facecolors=mappable.to_rgba(values), edgecolors="none"))
+    for (r, c), ch, v in zip(cells, text, values, strict=True):
+        if ch.strip():
+            colour = "black" if norm(v) > 0.6 else "white"
+            text_ax.text(c + 0.5, r + 0.5, ch, ha="center", va="center", family="monospace", fontsize=7, color=colour)
+    text_ax.set_xlim(0, width)
+    text_ax.set_ylim(rows, 0)
+    text_ax.set_axis_off()
+    fig.colorbar(mappable, ax=text_ax, label=key, fraction=0.03)
+    classes = [_char_class(ch) for ch in text]
+    names = [c for c in ("letter", "space", "punctuation", "newline", "other") if c in classes]
+    means = [float(values[[k for k, c in enumerate(classes) if c == name]].mean()) for name in names]
+    class_ax.bar(names, means, color="tab:blue")
+    class_ax.set_ylabel(f"mean {key}")
+    info = _result_info(run_dir)
+    fig.suptitle(f"{info.get('model', run_dir.name)}: computation per character ({key})", fontsize=10)
+    return _save(fig, out)
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    steps, values = zip(*pairs, strict=True) if pairs else ((), ())
+    return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+
+def plot_curves(run_dirs: Sequence[str | Path], out: str | Path, *, figsize: Size = None) -> Path:
+    """Training loss (task loss dashed), validation metric and updates fraction against step, per run."""
+    dirs = list(dict.fromkeys(d.resolve() for p in run_dirs for d in find_metric_dirs(p)))
+    common = Path(os.path.commonpath(dirs))
+    fig = _figure(figsize or (15.0, 4.2))
+    axes = fig.subplots(1, 3)
+    metric_names = set()
+    for index, run_dir in enumerate(dirs):
+        colour = f"C{index % 10}"
+        records = read_metrics(run_dir)
+        metric_names.add(str(_result_info(run_dir).get("metric", "val metric")))
+        label = str(run_dir.relative_to(common)) if len(dirs) > 1 else run_dir.name
+        axes[0].plot(*_series(records, "loss"), color=colour, lw=1, label=label)
+        axes[0].plot(*_series(records, "task_loss"), color=colour, lw=1, ls="--")
+        axes[1].plot(*_series(records, "val_metric"), color=colour, lw=1, marker=".")
+        axes[2].plot(*_series(records, "updates_fraction"), color=colour, lw=1)
+    losses = np.concatenate([line.get_ydata() for line in axes[0].lines] or [np.zeros(0)])
+    if losses.size and (losses > 0).all():
+        axes[0].set_yscale("log")
+    titles = ("training loss (task loss dashed)", " / ".join(sorted(metric_names)) or "val metric", "updates fraction")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    return _save(fig, out)
+
+
+def _row_label(row: dict[str, Any], keys: list[str]) -> str:
+    options = [f"{k}={format_value(row[k])}" for k in keys if k not in ("task", "model") and row.get(k) is not None]
+    return " ".join([str(row["model"]), *options])
+
+
+def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, figsize: Size = None) -> Path:
+    """Task metric against computation, one row of panels per task, mean ± std over seeds.
+
+    Left: counted updates fraction; right (when any run measured it): inference ms per
+    sequence. One marker and colour per method family; the dashed line joins the Pareto front.
+    """
+    rows = aggregate(collect_runs(run_dirs))
+    keys = group_columns(rows)
+    tasks = sorted({str(row["task"]) for row in rows})
+    measured = any(row["inference_ms_per_sequence_mean"] is not None for row in rows)
+    xs = [("updates_fraction", "updates fraction (counted)")]
+    if measured:
+        devices = ", ".join(sorted({row["device"] for row in rows if row["device"]})) or "device unknown"
+        xs.append(("inference_ms_per_sequence", f"inference ms / sequence (measured; {devices})"))
+    fig = _figure(figsize or (6.5 * len(xs), 4.8 * len(tasks)))
+    axes = fig.subplots(len(tasks), len(xs), squeeze=False)
+    for t, task in enumerate(tasks):
+        task_rows = [row for row in rows if row["task"] == task]
+        metric = task_rows[0]["metric"]
+        lower = lower_is_better(metric)
+        for c, (stat, xlabel) in enumerate(xs):
+            ax = axes[t, c]
+            shown = [row for row in task_rows if row[f"{stat}_mean"] is not None]
+            families = set()
+            for row in shown:
+                family = method_family(str(row["model"]))
+                marker, colour = FAMILY_STYLE[family]
+                x, y = row[f"{stat}_mean"], row["value_mean"]
+                ax.errorbar(
+                    x,
+                    y,
+                    xerr=row[f"{stat}_std"] or 0.0,
+                    yerr=row["value_std"] or 0.0,
+                    fmt=marker,
+                    color=colour,
+                    capsize=3,
+                    label=None if family in families else family,
+                )
+                families.add(family)
+                ax.annotate(_row_label(row, keys), (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            front = pareto_front([(row[f"{stat}_mean"], row["value_mean"]) for row in shown], lower)
+            if len(front) > 1:
+                fx = [shown[i][f"{stat}_mean"] for i in front]
+                fy = [shown[i]["value_mean"] for i in front]
+                ax.plot(fx, fy, "--", color="0.5", lw=1, zorder=0, label="Pareto front")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{metric} ({'lower' if lower else 'higher'} is better)")
+            ax.set_title(task, fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def _auto_kind(run_dirs: Sequence[str | Path]) -> str:
+    """pareto for several runs; for one: text if it saved text, else pattern, else curves."""
+    try:
+        dirs = [d for p in run_dirs for d in find_run_dirs(p)]
+    except FileNotFoundError:
+        return "curves"  # a run still training has metrics but no result.json yet
+    if len(dirs) > 1:
+        return "pareto"
+    try:
+        samples = load_samples(dirs[0])
+    except FileNotFoundError:
+        return "curves"
+    return "text" if "text" in samples else "pattern"
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, kind: str = "auto", *, figsize: Size = None) -> Path:
+    """Write one figure of ``kind`` (see KINDS) for the runs at or below ``run_dirs``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown plot kind {kind!r}; choose from {KINDS}")
+    if not run_dirs:
+        raise ValueError("no run directories given")
+    if kind == "auto":
+        kind = _auto_kind(run_dirs)
+    if kind == "pareto":
+        return plot_pareto(run_dirs, out, figsize=figsize)
+    if kind == "curves":
+        return plot_curves(run_dirs, out, figsize=figsize)
+    if kind == "text":
+        return plot_text_computation(_single_run(run_dirs, kind), out, figsize=figsize)
+    return plot_update_pattern(_single_run(run_dirs, kind), out, figsize=figsize)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``adaptrnn plot``."""
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or directories holding runs")
+    parser.add_argument("--out", required=True, metavar="FILE.png", help="image to write")
+    parser.add_argument(
+        "--kind", default="auto", choices=KINDS, help="auto: pattern/text for one run, pareto for several"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the figure and print its path. Returns the exit status."""
+    try:
+        path = plot_runs(args.runs, args.out, args.kind)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"adaptrnn plot: error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0

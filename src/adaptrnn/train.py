@@ -1,0 +1,405 @@
+"""The trainer: loop, schedules, validation, logging, checkpoint/resume, DDP, final test evaluation.
+
+Run directory (``out_dir``)::
+
+    config.yaml          the fully resolved TrainConfig (rerun with --config)
+    metrics.jsonl        one JSON line per log interval
+    tb/                  TensorBoard event files
+    checkpoints/last/    model.safetensors + trainer_state.pt, written at every validation
+    checkpoints/best/    the same, for the best validation metric so far
+    result.json          test metrics of the best checkpoint (see ``Trainer.finish``)
+    samples.npz          per-step computation on 8 test sequences (see ``evaluation.sample_arrays``)
+
+Exact resumption: the training batch of step k is a pure function of (seed, k); the checkpoint
+holds the weights, optimizer state, RNG states, the carried TBPTT state and the logging
+accumulators, and validation runs under a forked RNG so it never perturbs training. A run
+interrupted at any checkpoint and resumed ends with bit-identical weights on the CPU.
+
+DDP: under ``torchrun`` (WORLD_SIZE > 1) every rank draws the same global batch and trains on
+its slice; gradients are averaged, so the run matches a single process with the same global
+batch up to floating-point rounding. Only rank 0 evaluates and writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from .checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from .config import ConfigError, TrainConfig, load_config_file, make_config, save_config
+from .evaluation import evaluate_split, measure_inference, sample_arrays, solved, valid_steps
+from .layer import RecurrentState
+from .model import SequenceModel, build_model, count_parameters, set_schedule_values
+from .tasks import Batch, Task, make_task
+from .tasks.base import slice_batch
+
+CHECKPOINTS = "checkpoints"
+INFERENCE_BATCH = 256
+SAMPLE_COUNT = 8
+
+
+def build_task(config: TrainConfig) -> Task:
+    """The task of ``config``; data problems (missing files, bad options) become ConfigError."""
+    options = {k: v for k, v in config.task_options.items() if v is not None}  # None: the task's default
+    try:
+        return make_task(config.task, seed=config.seed, **options)
+    except (ValueError, TypeError, OSError) as err:
+        raise ConfigError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+
+def build_config_model(config: TrainConfig, task: Task) -> SequenceModel:
+    """The model of ``config`` for ``task``; bad method options become ConfigError."""
+    try:
+        return build_model(
+            task, config.model, config.hidden_size, config.num_layers, config.embed_size, **config.method_options
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` is cuda when available (this rank's GPU under torchrun), else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available")
+        return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
+    return torch.device(name)
+
+
+def set_threads(config: TrainConfig) -> None:
+    """Size torch's CPU thread pool as the config says (None leaves torch's default)."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+
+
+class Trainer:
+    """One training run. ``Trainer(config, out_dir).run()`` trains, tests and writes the run dir.
+
+    Args:
+        config: the resolved configuration.
+        out_dir: the run directory; must not hold a run unless ``resume``.
+        resume: continue from ``out_dir/checkpoints/last``.
+        progress: show a tqdm progress bar (rank 0).
+    Raises:
+        ConfigError / CheckpointError for problems the user can fix.
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+        self.config, self.out, self.progress = config, Path(out_dir), progress
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        if config.batch_size % self.world:
+            raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {self.world} DDP ranks")
+        last = self.out / CHECKPOINTS / "last"
+        if resume and not last.is_dir():
+            raise ConfigError(f"{self.out}: no checkpoint to resume from ({last} missing)")
+        if not resume and (self.out / CHECKPOINTS).exists():
+            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        set_threads(config)
+        seed_everything(config.seed)
+        self.task = build_task(config)
+        self.model = build_config_model(config, self.task).to(self.device)
+        self._check_schedules()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
+        self.step, self.best, self.best_step, self.elapsed = 0, None, None, 0.0
+        self.carried: RecurrentState | None = None
+        self.interval = _new_interval()
+        if resume:
+            self._restore(load_checkpoint(last, self.model))
+        self.ddp = self.model
+        self.owns_group = False
+        if self.world > 1:
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+                self.owns_group = True
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+
+    # ---- the loop --------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any] | None:
+        """Train to ``config.steps``, then test the best checkpoint; the result on rank 0, None elsewhere."""
+        cfg, main = self.config, self.rank == 0
+        writer = self._open_logs() if main else None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and self.progress), desc="train")
+        start = time.perf_counter() - self.elapsed
+        try:
+            for step in range(self.step, cfg.steps):
+                self._train_step(step)
+                self.step = done = step + 1
+                self.elapsed = time.perf_counter() - start
+                evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps
+                val = self._validate() if evaluate_now and main else None
+                if done % cfg.log_every == 0 or evaluate_now:
+                    line = self._log_line(val)
+                    if main:
+                        self._write_log(writer, line)
+                        bar.set_postfix(loss=f"{line['loss']:.4g}", upd=f"{line['updates_fraction']:.3f}")
+                if evaluate_now:
+                    self._save(val)
+                bar.update(1)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        result = self.finish() if main else None
+        if self.world > 1:
+            # Wait for rank 0's test evaluation; waiting with the GIL released also lets gloo's
+            # threads free finished work that holds Python tensors. Destroying the group while one
+            # of them still waits for the GIL deadlocks.
+            dist.barrier()
+            if self.owns_group:
+                dist.destroy_process_group()
+        return result
+
+    def _train_step(self, step: int) -> None:
+        cfg = self.config
+        self._apply_schedules(step)
+        batch = self._shard(self.task.train_batch(step, cfg.batch_size)).to(self.device)
+        state = self.carried if batch.carry_state else None
+        pred, stats, new_state = self.ddp(batch.x, batch.lengths, state)
+        task_loss = self.task.loss(pred, batch)
+        loss = task_loss + stats.cost
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.carried = new_state.detach()
+        acc = self.interval
+        acc["steps"] += 1
+        acc["loss"] += float(loss.detach())
+        acc["task_loss"] += float(task_loss.detach())
+        acc["cost"] += float(stats.cost.detach())
+        acc["updates"] += float(stats.updates.sum())
+        acc["valid"] += valid_steps(batch)
+
+    def _shard(self, batch: Batch) -> Batch:
+        if self.world == 1:
+            return batch
+        rows = batch.x.shape[0] // self.world
+        return slice_batch(batch, self.rank * rows, (self.rank + 1) * rows)
+
+    def _check_schedules(self) -> None:
+        options, cfg = self.config.method_options, self.config
+        if cfg.sharpness_final is not None and "sharpness" not in options:
+            raise ConfigError(f"sharpness_final applies to vc-* models only, not {cfg.model!r}")
+        if cfg.slope_epoch_steps is not None and "slope" not in options:
+            raise ConfigError(f"slope_epoch_steps applies to sa-* models only, not {cfg.model!r}")
+
+    def _apply_schedules(self, step: int) -> None:
+        """VCRNN sharpness: linear ramp to ``sharpness_final``; SA-RNN slope: ``min(5, α_0 + 0.04·epoch)``."""
+        cfg, options = self.config, self.config.method_options
+        sharpness = slope = None
+        if cfg.sharpness_final is not None:
+            start = float(options["sharpness"])
+            sharpness = start + (cfg.sharpness_final - start) * step / max(1, cfg.steps - 1)
+        if "slope" in options:
+            epoch = step // (cfg.slope_epoch_steps or max(1, cfg.steps // 100))
+            start = float(options["slope"])
+            slope = min(max(5.0, start), start + 0.04 * epoch)
+        set_schedule_values(self.model, sharpness, slope)
+
+    # ---- validation, logs, checkpoints -----------------------------------------------
+
+    def _validate(self) -> dict[str, float]:
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # evaluation must not shift the training RNG
+            return evaluate_split(
+                self.model, self.task, "val", self.config.eval_batch_size, self.device, self.config.eval_batches
+            )
+
+    def _log_line(self, val: dict[str, float] | None) -> dict[str, Any]:
+        acc = self.interval
+        n = max(1.0, acc["steps"])
+        line = {
+            "step": self.step,
+            "loss": acc["loss"] / n,
+            "task_loss": acc["task_loss"] / n,
+            "cost": acc["cost"] / n,
+            "updates_fraction": acc["updates"] / max(1.0, acc["valid"]),
+            "val_metric": None if val is None else val["value"],
+            "val_updates_fraction": None if val is None else val["updates_fraction"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "elapsed_s": self.elapsed,
+        }
+        self.interval = _new_interval()
+        return line
+
+    def _open_logs(self) -> SummaryWriter:
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.out / "config.yaml")
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():  # resuming: drop lines logged after the checkpoint
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            atomic_write(metrics, lambda f: f.write("".join(f"{line}\n" for line in kept).encode()))
+        return SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.step else None)
+
+    def _write_log(self, writer: SummaryWriter, line: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        for key in ("loss", "task_loss", "cost", "updates_fraction", "lr"):
+            writer.add_scalar(f"train/{key}", line[key], line["step"])
+        if line["val_metric"] is not None:
+            writer.add_scalar(f"val/{self.task.metric_name}", line["val_metric"], line["step"])
+            writer.add_scalar("val/updates_fraction", line["val_updates_fraction"], line["step"])
+
+    def _save(self, val: dict[str, float] | None) -> None:
+        """Write ``last`` (and ``best`` if the validation metric improved). Collective under DDP."""
+        carried = self._global_carried()
+        if self.rank != 0:
+            return
+        value = val["value"]
+        better = self.best is None or (value > self.best if self.task.higher_is_better else value < self.best)
+        if better and not math.isnan(value):
+            self.best, self.best_step = value, self.step
+        state = self._trainer_state(carried)
+        save_checkpoint(self.out / CHECKPOINTS / "last", self.model, state)
+        if self.best_step == self.step:
+            save_checkpoint(self.out / CHECKPOINTS / "best", self.model, state)
+
+    def _trainer_state(self, carried: RecurrentState | None) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "carried": None if carried is None else {"cell": carried.cell.cpu(), "extras": _cpu(carried.extras)},
+            "best": self.best,
+            "best_step": self.best_step,
+            "elapsed_s": self.elapsed,
+            "interval": dict(self.interval),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.step, self.best, self.best_step = state["step"], state["best"], state["best_step"]
+        self.elapsed, self.interval = state["elapsed_s"], dict(state["interval"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        carried = state["carried"]
+        if carried is not None:
+            rows = self.config.batch_size // self.world
+            cut = slice(self.rank * rows, (self.rank + 1) * rows)
+            extras = {k: v[cut].to(self.device) for k, v in carried["extras"].items()}
+            self.carried = RecurrentState(carried["cell"][:, cut].to(self.device), extras)
+
+    def _global_carried(self) -> RecurrentState | None:
+        """The carried state of the whole global batch (gathered from every rank under DDP)."""
+        if self.world == 1 or self.carried is None:
+            return self.carried
+
+        def gather(t: torch.Tensor, dim: int) -> torch.Tensor:
+            parts = [torch.empty_like(t) for _ in range(self.world)]
+            dist.all_gather(parts, t.contiguous())
+            return torch.cat(parts, dim)
+
+        extras = {k: gather(v, 0) for k, v in sorted(self.carried.extras.items())}
+        return RecurrentState(gather(self.carried.cell, 1), extras)
+
+    # ---- the end ---------------------------------------------------------------------
+
+    def finish(self) -> dict[str, Any]:
+        """Test the best checkpoint; write result.json and samples.npz; return the result."""
+        cfg = self.config
+        best = self.out / CHECKPOINTS / "best" / "model.safetensors"
+        if best.is_file():
+            load_weights(best, self.model)
+        test = evaluate_split(self.model, self.task, "test", cfg.eval_batch_size, self.device)
+        ms, rows = measure_inference(self.model, self.task, self.device, min(INFERENCE_BATCH, cfg.eval_batch_size))
+        result = {
+            "task": cfg.task,
+            "model": cfg.model,
+            "metric": self.task.metric_name,
+            "split": "test",
+            **{k: test[k] for k in ("value", "updates_fraction", "updates_per_sequence", "flops_per_sequence")},
+            "dense_flops_per_sequence": test["dense_flops_per_sequence"],
+            "solved": solved(self.task, test["value"]),
+            "train_steps": self.step,
+            "wall_s": self.elapsed,
+            "seed": cfg.seed,
+            "best_step": self.best_step,
+            "val_value": self.best,
+            "inference_ms_per_sequence": ms,
+            "inference_batch_size": rows,
+            "num_parameters": count_parameters(self.model),
+            "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_layers,
+            "method_options": dict(cfg.method_options),
+            "device": str(self.device),
+            "world_size": self.world,
+            "torch_version": torch.__version__,
+        }
+        arrays = sample_arrays(self.model, self.task, self.device, SAMPLE_COUNT)
+        atomic_write(self.out / "samples.npz", lambda f: np.savez_compressed(f, **arrays))
+        atomic_write(self.out / "result.json", lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+        return result
+
+
+def train(
+    config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any] | None:
+    """Train ``config`` into ``out_dir`` (see :class:`Trainer`); returns result.json's content on rank 0."""
+    return Trainer(config, out_dir, resume, progress).run()
+
+
+def evaluate(run_dir: str | Path, split: str = "test", device: str = "auto") -> dict[str, Any]:
+    """Reload a run's config and best weights (``last`` if no best) and recompute its metric.
+
+    Returns task, model, metric, split, value, updates_fraction, updates_per_sequence,
+    flops_per_sequence, dense_flops_per_sequence, solved, checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = make_config(load_config_file(run_dir / "config.yaml"), {"device": device})
+    set_threads(config)
+    task = build_task(config)
+    dev = resolve_device(config.device)
+    model = build_config_model(config, task).to(dev)
+    checkpoint = next(
+        (run_dir / CHECKPOINTS / n for n in ("best", "last") if (run_dir / CHECKPOINTS / n).is_dir()), None
+    )
+    if checkpoint is None:
+        raise ConfigError(f"{run_dir} has no checkpoint to evaluate")
+    load_weights(checkpoint / "model.safetensors", model)
+    metrics = evaluate_split(model, task, split, config.eval_batch_size, dev)
+    return {
+        "task": config.task,
+        "model": config.model,
+        "metric": task.metric_name,
+        "split": split,
+        **{k: v for k, v in metrics.items() if k != "sequences"},
+        "solved": solved(task, metrics["value"]),
+        "checkpoint": str(checkpoint),
+    }
+
+
+def _new_interval() -> dict[str, float]:
+    return {"steps": 0.0, "loss": 0.0, "task_loss": 0.0, "cost": 0.0, "updates": 0.0, "valid": 0.0}
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.cpu() for k, v in tensors.items()}
