@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cells import input_projection
+from ..fast import use_fast
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 
 
@@ -21,6 +22,8 @@ class ACTRNN(RecurrentBase):
         max_steps: M, the cap on ponder steps (100).
         epsilon: ε; halting when Σ h ≥ 1 - ε (0.01).
         halting_bias_init: initial b_h (1.0, so early training ponders little).
+        impl: "auto" drops halted rows at inference (``adaptrnn.fast.act``; eval mode under
+            ``torch.no_grad()``), "reference" always runs this loop.
 
     Every ponder step runs the whole stack; layer 0 sees the input plus a flag that is 1
     only at n = 1. The flag's weights are ``flag_weight`` (G*D,), a column kept apart from
@@ -35,7 +38,7 @@ class ACTRNN(RecurrentBase):
     has halted; the fast path (``adaptrnn.fast``) removes that synchronisation.
     """
 
-    OPTIONS = {"time_penalty": 1e-3, "max_steps": 100, "epsilon": 0.01, "halting_bias_init": 1.0}
+    OPTIONS = {"time_penalty": 1e-3, "max_steps": 100, "epsilon": 0.01, "halting_bias_init": 1.0, "impl": "auto"}
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
@@ -89,9 +92,15 @@ class ACTRNN(RecurrentBase):
         return mean_cell, steps, remainder
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
+        if use_fast(self):
+            from ..fast.act import act_forward
+
+            return act_forward(self, x, state, valid)
         seq_len, batch = x.shape[:2]
         w_ih, _, b_ih, _ = self.layer_weights(0)
-        gx0 = input_projection(x, w_ih, b_ih)  # (T, B, G*D)
+        # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
+        # full-size gradient per step.
+        gx0 = input_projection(x, w_ih, b_ih).unbind(0)  # T × (B, G*D)
         cell = state.cell
         outs, all_steps, all_remainders = [], [], []
         for t in range(seq_len):

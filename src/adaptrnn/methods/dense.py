@@ -39,7 +39,9 @@ class DenseRNN(RecurrentBase):
         layer_in = x  # (T, B, I)
         for layer in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
-            gx = input_projection(layer_in, w_ih, b_ih)  # (T, B, G*D)
+            # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
+            # full-size gradient per step.
+            gx = input_projection(layer_in, w_ih, b_ih).unbind(0)  # T × (B, G*D)
             s = cell[layer]  # (B, K, D)
             outs = []
             for t in range(x.shape[0]):

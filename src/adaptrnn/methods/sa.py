@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cells import GATES, cell_step, input_projection
+from ..fast import use_fast
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 from .skip import straight_through
 
@@ -30,6 +31,8 @@ class SARNN(RecurrentBase):
         slope: α of the hard sigmoid at the start; anneal it with ``set_slope``
             (the paper: ``α = min(5, 1 + 0.04·epoch)``). 1.0.
         threshold: u = 1[ũ > threshold]; 0.5 in the paper; the inference compute dial.
+        impl: "auto" computes only the updating neurons' rows at inference
+            (``adaptrnn.fast.sa``; eval mode under ``torch.no_grad()``), "reference" always runs this loop.
 
     Per layer: ``update_weight_hh_l{k}`` (D,) is the diagonal of W_u, a vector by
     construction so it cannot grow off-diagonal terms; ``update_weight_ih_l{k}`` (D, I_k)
@@ -42,7 +45,7 @@ class SARNN(RecurrentBase):
     Full computation: u_t = 1 for every neuron.
     """
 
-    OPTIONS = {"budget": 0.0, "slope": 1.0, "threshold": 0.5}
+    OPTIONS = {"budget": 0.0, "slope": 1.0, "threshold": 0.5, "impl": "auto"}
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
@@ -76,6 +79,10 @@ class SARNN(RecurrentBase):
         return straight_through(hard, likelihood)
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
+        if use_fast(self):
+            from ..fast.sa import sa_forward
+
+            return sa_forward(self, x, state, valid)
         seq_len, batch = x.shape[:2]
         weight = valid_float(valid, seq_len, batch, x)  # (T, B)
         gates = GATES[self.cell]
@@ -86,8 +93,10 @@ class SARNN(RecurrentBase):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
             diag, w_i, b_u = self.gate_weights(layer)
             in_size = layer_in.shape[-1]
-            gx = input_projection(layer_in, w_ih, b_ih)  # (T, B, G*D)
-            gate_x = input_projection(layer_in, w_i, b_u)  # (T, B, D)
+            # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
+            # full-size gradient per step.
+            gx = input_projection(layer_in, w_ih, b_ih).unbind(0)  # T × (B, G*D)
+            gate_x = input_projection(layer_in, w_i, b_u).unbind(0)  # T × (B, D)
             s = state.cell[layer]  # (B, K, D)
             outs, masks, likelihoods = [], [], []
             for t in range(seq_len):

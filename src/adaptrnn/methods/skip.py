@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cells import input_projection
+from ..fast import use_fast
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 
 
@@ -37,6 +38,8 @@ class SkipRNN(RecurrentBase):
         stochastic: sample ``u_t ~ Bernoulli(ũ_t)`` in training instead of rounding.
         threshold: ``u_t = 1[ũ_t > threshold]``; 0.5 is the paper's ``round`` (half to even:
             ũ = 0.5 skips). Raise it at inference to update less (the compute dial).
+        impl: "auto" jumps from update to update at inference (``adaptrnn.fast.skip``; eval
+            mode under ``torch.no_grad()``), "reference" always runs this loop.
 
     Parameters beyond ``torch.nn``'s: ``update_weight`` (D,) and ``update_bias`` () of eq. 4
     (bias initialised to 1), and the learned initial state ``initial_cell`` (L, K, D).
@@ -48,7 +51,7 @@ class SkipRNN(RecurrentBase):
     Full computation: u_t = 1 at every step.
     """
 
-    OPTIONS = {"budget": 0.0, "stochastic": False, "threshold": 0.5}
+    OPTIONS = {"budget": 0.0, "stochastic": False, "threshold": 0.5, "impl": "auto"}
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
@@ -82,9 +85,15 @@ class SkipRNN(RecurrentBase):
         return straight_through(hard, update_prob)
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
+        if type(self).binarize is SkipRNN.binarize and use_fast(self):  # jumping needs the deterministic gate
+            from ..fast.skip import skip_forward
+
+            return skip_forward(self, x, x.shape[0], x.shape[1], state, valid)
         seq_len, batch = x.shape[:2]
         w_ih, _, b_ih, _ = self.layer_weights(0)
-        gx0 = input_projection(x, w_ih, b_ih)  # (T, B, G*D)
+        # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
+        # full-size gradient per step.
+        gx0 = input_projection(x, w_ih, b_ih).unbind(0)  # T × (B, G*D)
         cell = state.cell  # (L, B, K, D)
         update_prob, delta_prob = state.extras["update_prob"], state.extras["delta_prob"]
         outs, gates, probs = [], [], []

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cells import GATES, input_projection, pointwise
+from ..fast import use_fast
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 
 
@@ -56,6 +57,8 @@ class VCRNN(RecurrentBase):
         hard: None = the hard version in eval mode and the soft one in training;
             True / False to force either.
         scale: multiplies m_t before the mask; the inference compute dial (1.0).
+        impl: "auto" multiplies only the d_t × d_t blocks in hard mode at inference
+            (``adaptrnn.fast.vc``; eval mode under ``torch.no_grad()``), "reference" always runs this loop.
 
     Each layer has its own scheduler ``m_t = σ(u·h_{t-1} + v·x_t + b)``: parameters
     ``scheduler_h_l{k}`` (D,), ``scheduler_x_l{k}`` (I_k,), ``scheduler_bias_l{k}`` ().
@@ -70,7 +73,15 @@ class VCRNN(RecurrentBase):
     Full computation: e_t = 1 (all D dimensions).
     """
 
-    OPTIONS = {"target": 0.5, "penalty": 1.0, "sharpness": 1.0, "epsilon": 0.1, "hard": None, "scale": 1.0}
+    OPTIONS = {
+        "target": 0.5,
+        "penalty": 1.0,
+        "sharpness": 1.0,
+        "epsilon": 0.1,
+        "hard": None,
+        "scale": 1.0,
+        "impl": "auto",
+    }
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
@@ -108,6 +119,10 @@ class VCRNN(RecurrentBase):
         return soft_mask(m, self.hidden_size, float(self.sharpness), float(self.options["epsilon"]))
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
+        if use_fast(self, applicable=self.is_hard):
+            from ..fast.vc import vc_forward
+
+            return vc_forward(self, x, state, valid)
         seq_len, batch = x.shape[:2]
         weight = valid_float(valid, seq_len, batch, x)  # (T, B)
         gates = GATES[self.cell]
@@ -117,11 +132,14 @@ class VCRNN(RecurrentBase):
         for layer in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
             in_size = layer_in.shape[-1]
-            gx = input_projection(layer_in, w_ih, b_ih)  # (T, B, G*D)
+            # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
+            # full-size gradient per step.
+            gx = input_projection(layer_in, w_ih, b_ih).unbind(0)  # T × (B, G*D)
+            steps_in = layer_in.unbind(0)  # T × (B, I)
             s = state.cell[layer]  # (B, K, D)
             outs, layer_fraction, layer_m = [], [], []
             for t in range(seq_len):
-                m = self.scheduler(layer, s[:, 0], layer_in[t])  # (B,)
+                m = self.scheduler(layer, s[:, 0], steps_in[t])  # (B,)
                 e = self.mask(m)  # (B, D)
                 gh = nn.functional.linear(e * s[:, 0], w_hh, b_hh)  # (B, G*D)
                 candidate = pointwise(self.cell, gx[t], gh, s)

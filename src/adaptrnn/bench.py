@@ -1,0 +1,231 @@
+"""``adaptrnn bench``: wall-clock speed of every method, side by side with ``torch.nn`` in one process.
+
+For each shape (B, T, I, H) and cell it times ``torch.nn.LSTM/GRU/RNN`` (cuDNN / oneDNN), our
+``DenseRNN`` (ATen) and its per-step reference loop, and each adaptive method's reference
+loop and fast inference path, in training (forward + backward of ``out.sum() + stats.cost``)
+and inference (``torch.no_grad()``, eval mode), at controlled computation fractions f.
+
+How f is controlled (gates fixed by their parameters, so the fraction is exact):
+- Skip RNN: ``update_weight = 0``, ``update_bias = logit(Δ)`` with ``Δ = threshold / (1/f - 0.5)``
+  (0.9 for f = 1), so every sequence updates once every 1/f steps (eq. 6); the initial ũ of
+  each row is set so the rows' phases are spread over the period (at B > 1 some rows are due
+  at most steps: the realistic case for batching, not the best one).
+- SA-RNN: ``W_u = 0``, ``W_i = 0``, ``update_bias = +1`` for a random f·D of the neurons and -1
+  for the others (ũ = 1 or 0); every row updates the same neurons.
+- VCRNN: scheduler weights 0, ``bias = logit((round(f·D) - 0.5) / D)``, so d_t = round(f·D).
+- ACT: ``halting_weight = 0``, ``σ(halting_bias) = (1 - ε) / (N - 0.5)`` (0.999 for N = 1) with
+  N = round(1/f): every input is pondered N times. For ACT "f" is 1/N and the measured
+  ``updates_fraction`` is N(t), the dense steps per input (≥ 1).
+Training rows use the same settings (VCRNN then runs its soft mask).
+
+CSV columns: device, threads, method, cell, B, T, I, H, mode, path, target_fraction,
+updates_fraction (mean of ``stats.updates``), flops_ratio (counted ``stats.flops`` over the
+dense count), median_ms, ratio_to_torch_nn (same shape, cell and mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .layer import RecurrentBase, RecurrentState
+from .methods import METHODS
+
+CPU_SHAPES = ((256, 50, 2, 110), (1, 1000, 40, 256), (32, 200, 1, 128))
+CUDA_SHAPES = ((256, 50, 2, 110), (256, 784, 1, 110), (128, 100, 64, 1000), (1, 1000, 40, 256))
+QUICK_SHAPES = ((4, 12, 2, 16), (1, 30, 3, 16))
+FRACTIONS = (1.0, 0.5, 0.2, 0.1)
+ADAPTIVE = ("skip", "act", "vc", "sa")
+TORCH_NN = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+COLUMNS = (
+    "device threads method cell B T I H mode path target_fraction updates_fraction flops_ratio median_ms "
+    "ratio_to_torch_nn"
+).split()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="write the rows to this CSV file")
+    parser.add_argument("--quick", action="store_true", help="a tiny subset that runs in seconds (smoke test)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--cells", default="lstm", help="comma-separated cells (rnn, gru, lstm)")
+    parser.add_argument("--methods", default=",".join(ADAPTIVE), help="comma-separated adaptive methods")
+    parser.add_argument("--modes", default="train,infer", help="train, infer or both")
+    parser.add_argument("--fractions", help="comma-separated computation fractions (default 1,0.5,0.2,0.1)")
+    parser.add_argument("--shapes", help="semicolon-separated B,T,I,H (default: SPEED.md's shapes for the device)")
+    parser.add_argument("--repeats", type=int, help="timed calls per row, median reported (default 7; quick 2)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+    else:
+        shapes = QUICK_SHAPES if args.quick else CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
+    fractions = (
+        [float(f) for f in args.fractions.split(",")] if args.fractions else (1.0, 0.2) if args.quick else FRACTIONS
+    )
+    repeats = args.repeats or (2 if args.quick else 7)
+    rows = []
+    for shape in shapes:
+        for cell in args.cells.split(","):
+            for mode in args.modes.split(","):
+                rows += bench_shape(device, cell, shape, mode, args.methods.split(","), fractions, repeats)
+    print_table(rows)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+def bench_shape(device, cell, shape, mode, methods, fractions, repeats) -> list[dict[str, Any]]:
+    """Every row of one (cell, shape, mode): torch.nn first, then ours, with ratios to torch.nn."""
+    batch, seq_len, in_size, hidden = shape
+    torch.manual_seed(0)
+    x = torch.randn(seq_len, batch, in_size, device=device)
+    train = mode == "train"
+    base = {"device": device_name(device), "threads": torch.get_num_threads(), "cell": cell, "mode": mode}
+    base.update(B=batch, T=seq_len, I=in_size, H=hidden)
+    reference_nn = TORCH_NN[cell](in_size, hidden).to(device)
+    rows = [{**base, "method": "dense", "path": "torch.nn", "target_fraction": 1.0, "updates_fraction": 1.0}]
+    rows[0]["median_ms"] = timed(lambda: reference_nn(x)[0], train, device, repeats)
+    dense = METHODS["dense"](cell, in_size, hidden).to(device)
+    for path, impl in (("dense", "auto"), ("reference", "reference")):
+        dense.options["impl"] = impl
+        rows.append({**base, "method": "dense", "path": path, "target_fraction": 1.0, "updates_fraction": 1.0})
+        rows[-1]["median_ms"] = timed(lambda m=dense: m(x)[0], train, device, repeats)
+    for row in rows:
+        row["flops_ratio"] = 1.0
+    for method in methods:
+        for fraction in fractions:
+            module = METHODS[method](cell, in_size, hidden).to(device).train(train)
+            state = controlled(module, fraction, batch, x)
+            for path in ("reference",) if train else ("reference", "fast"):
+                module.options["impl"] = "reference" if path == "reference" else "auto"
+                rows.append(measure(module, x, state, train, device, repeats))
+                rows[-1].update(base, method=method, path=path, target_fraction=fraction)
+    for row in rows:
+        row["ratio_to_torch_nn"] = row["median_ms"] / rows[0]["median_ms"]
+    return rows
+
+
+def measure(module: RecurrentBase, x: Tensor, state, train: bool, device, repeats: int) -> dict[str, Any]:
+    """Time one module and read its computation statistics from one extra call."""
+
+    def call() -> Tensor:
+        out, _, stats = module(x, state)
+        return out.sum() + stats.cost
+
+    median = timed(call, train, device, repeats)
+    with torch.no_grad():
+        _, _, stats = module(x, state)
+    dense_macs = x.shape[0] * sum(module.dense_step_macs())
+    return {
+        "updates_fraction": float(stats.updates.mean()),
+        "flops_ratio": float(stats.flops.mean()) / dense_macs,
+        "median_ms": median,
+    }
+
+
+def timed(fn: Callable[[], Tensor], train: bool, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median milliseconds of ``fn`` (with ``.sum().backward()`` when training, under no_grad otherwise)."""
+
+    def once() -> None:
+        if train:
+            fn().sum().backward()
+        else:
+            with torch.no_grad():
+                fn()
+
+    times = []
+    for i in range(warmup + repeats):
+        sync(device)
+        start = time.perf_counter()
+        once()
+        sync(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def controlled(module: RecurrentBase, fraction: float, batch: int, x: Tensor) -> RecurrentState | None:
+    """Fix a module's gate so it computes the fraction f (see the module docstring).
+
+    Returns the state to start from (Skip RNN's phases), or None for the initial state.
+    """
+    size = module.hidden_size
+    name = type(module).__name__
+    with torch.no_grad():
+        if name == "SkipRNN":
+            threshold = float(module.options["threshold"])
+            period = max(1, round(1 / fraction))
+            delta = threshold / (period - 0.5) if period > 1 else 0.9
+            module.update_weight.zero_()
+            module.update_bias.fill_(math.log(delta / (1 - delta)))
+            first = torch.arange(batch, device=x.device) % period  # the row's first update step
+            prob = torch.where(first == 0, 1.0, threshold - (first - 0.5) * delta).to(x.dtype)
+            start = module.initial_state(batch, x)
+            return RecurrentState(start.cell, {"update_prob": prob, "delta_prob": torch.full_like(prob, delta)})
+        if name == "SARNN":
+            on = torch.randperm(size)[: round(fraction * size)]
+            for layer in range(module.num_layers):
+                diag, w_i, bias = module.gate_weights(layer)
+                diag.zero_(), w_i.zero_(), bias.fill_(-1.0)
+                bias[on] = 1.0
+        elif name == "VCRNN":
+            m = (max(1, round(fraction * size)) - 0.5) / size
+            for layer in range(module.num_layers):
+                getattr(module, f"scheduler_h_l{layer}").zero_()
+                getattr(module, f"scheduler_x_l{layer}").zero_()
+                getattr(module, f"scheduler_bias_l{layer}").fill_(math.log(m / (1 - m)))
+        elif name == "ACTRNN":
+            steps = max(1, round(1 / fraction))
+            h = (1 - float(module.options["epsilon"])) / (steps - 0.5) if steps > 1 else 0.999
+            module.halting_weight.zero_()
+            module.halting_bias.fill_(math.log(h / (1 - h)))
+    return None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """One line per (shape, cell, mode, method, path): ratio to torch.nn at each fraction."""
+    fractions = sorted({r["target_fraction"] for r in rows}, reverse=True)
+    groups: dict[tuple, dict[float, dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["B"], r["T"], r["I"], r["H"], r["cell"], r["mode"], r["method"], r["path"])
+        groups.setdefault(key, {})[r["target_fraction"]] = r
+    print(
+        f"{'B,T,I,H':>18} {'cell':4} {'mode':5} {'method':6} {'path':9} " + " ".join(f"f={f:<14g}" for f in fractions)
+    )
+    for key, by_fraction in groups.items():
+        cells = []
+        for f in fractions:
+            r = by_fraction.get(f)
+            cells.append(f"{r['ratio_to_torch_nn']:6.2f}x {r['median_ms']:6.1f}ms" if r else " " * 16)
+        shape = ",".join(str(v) for v in key[:4])
+        print(f"{shape:>18} {key[4]:4} {key[5]:5} {key[6]:6} {key[7]:9} " + " ".join(cells))

@@ -1,0 +1,87 @@
+"""SA-RNN inference that computes only the neurons that update.
+
+At each step the neurons with u = 1 in any row of the batch (the union; at batch 1, the
+row's own set) are gathered: their G gate rows of W_ih and W_hh (contiguous in the
+neuron-major layout of ``weights.neuron_major``) are selected with one ``index_select``
+each and multiplied; every other neuron keeps its state without being touched. Within the
+union, a row whose own u is 0 for a neuron keeps that neuron's state, as in the reference.
+When the gather would leave out too little work to pay for its own operations (small
+batches and hidden sizes, or most neurons active), the step is one masked dense step instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..cells import GATES, pointwise
+from ..layer import RecurrentState, Stats, valid_float
+from ..methods.sa import hard_sigmoid
+from .weights import gate_major, neuron_major, project, transposed
+
+# Gathering the active rows adds ~10 tensor operations per step (tens of microseconds from
+# Python); it pays only when it leaves out more multiply-adds than this, else one masked
+# dense step is faster (measured on CPU with ``adaptrnn bench --methods sa``: docs/speed.md).
+GATHER_MIN_MACS = 7e6
+
+
+def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
+    """SA-RNN over time-major x (T, B, I); same outputs, state and stats as the reference in eval mode."""
+    seq_len, batch = x.shape[:2]
+    gates, size = GATES[module.cell], module.hidden_size
+    weight = valid_float(valid, seq_len, batch, x)  # (T, B)
+    slope, threshold = float(module.slope), float(module.options["threshold"])
+    finals, fractions = [], []
+    flops, likelihood_sum = x.new_zeros(batch), x.new_zeros(batch)
+    layer_in = x  # (T, B, I)
+    for layer, (rows, full) in enumerate(zip(neuron_major(module, transpose=False), transposed(module), strict=True)):
+        in_size = layer_in.shape[-1]
+        diag, w_i, b_u = module.gate_weights(layer)
+        gate_x = torch.nn.functional.linear(layer_in, w_i, b_u)  # (T, B, D) W_i x_t + b for all steps
+        s = state.cell[layer].clone()  # (B, K, D)
+        out = x.new_empty(seq_len, batch, size)
+        masks = x.new_empty(seq_len, batch, size)
+        likelihoods = x.new_empty(seq_len, batch)
+        for t in range(seq_len):
+            likelihood = hard_sigmoid(diag * s[:, 0] + gate_x[t], slope)  # (B, D) ũ_t
+            u = likelihood > threshold
+            if valid is not None:
+                u &= valid[t].unsqueeze(1)
+            likelihoods[t] = likelihood.sum(1)
+            masks[t] = u
+            active = u.any(0).nonzero().squeeze(1)  # (k,) neurons updated by some row
+            k = active.numel()
+            if (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
+                gx = project(layer_in[t], full.ih, full.b_ih)
+                gh = project(s[:, 0], full.hh, full.b_hh)
+                s = torch.where(u.unsqueeze(1), pointwise(module.cell, gx, gh, s), s)
+            elif k:
+                gx = gate_major(neuron_product(layer_in[t], rows.ih, rows.b_ih, active, gates), gates)  # (B, G*k)
+                gh = gate_major(neuron_product(s[:, 0], rows.hh, rows.b_hh, active, gates), gates)
+                old = s.index_select(2, active)  # (B, K, k)
+                new = pointwise(module.cell, gx, gh, old)
+                if batch > 1:
+                    new = torch.where(u.index_select(1, active).unsqueeze(1), new, old)
+                s.index_copy_(2, active, new)
+            out[t] = s[:, 0]
+        mask = masks * weight.unsqueeze(-1)  # (T, B, D)
+        active_count = mask.sum(-1)  # (T, B)
+        likelihood_sum = likelihood_sum + (likelihoods * weight).sum(0)
+        gate_macs = size * (1 + in_size)
+        flops = flops + (gates * active_count * (in_size + size) + weight * gate_macs).sum(0)
+        fractions.append(active_count / size)
+        finals.append(s)
+        layer_in = out
+    updates = torch.stack(fractions).mean(0).t()  # (B, T)
+    cost = module.options["budget"] * likelihood_sum.mean()
+    extras = {"neuron_updates": mask.transpose(0, 1)}
+    return layer_in, RecurrentState(torch.stack(finals)), Stats(updates, cost, flops, extras)
+
+
+def neuron_product(z: Tensor, weight: Tensor, bias: Tensor | None, active: Tensor, gates: int) -> Tensor:
+    """The gate rows of the ``active`` neurons only: z (n, C) times the selected rows of a
+    neuron-major weight (D, G*C) -> (n, k*G), neuron-major."""
+    rows = weight.index_select(0, active).view(active.numel() * gates, -1)  # (k*G, C)
+    if bias is not None:
+        bias = bias.view(-1, gates).index_select(0, active).view(-1)
+    return torch.nn.functional.linear(z, rows, bias)

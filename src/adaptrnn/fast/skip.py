@@ -1,0 +1,234 @@
+"""Skip RNN inference that jumps ahead: skipped steps cost nothing, not even their input.
+
+After an update at step t with increment Δũ_t the next update is known (eq. 6): the
+accumulated probability grows as ``ũ_{t+k} = min(k·Δũ_t, 1)`` while skipping (eq. 5), so the
+next update is ``t + 1 + N_skip`` with ``N_skip = floor(threshold / Δũ_t)``. Each sequence gets
+its own next-update time; at a step where any sequence is due only the due rows are gathered,
+run through the cell stack and scattered back, and steps where none is due are never visited.
+Skipped steps repeat the last output; ũ for the statistics is filled in afterwards from the
+closed form above.
+
+The results equal ``SkipRNN``'s reference loop in eval mode to float tolerance. The one
+difference is in exact arithmetic: the reference accumulates ũ by repeated float additions and
+this path multiplies, so a decision can differ only when k·Δũ lies within rounding of the threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..layer import RecurrentState, Stats, valid_float
+from . import native
+from .weights import stack_step, transposed
+
+Features = Callable[[Tensor, Tensor], Tensor]  # (steps (n,), rows (n,)) -> (n, I)
+
+
+def skip_counts(delta: np.ndarray, threshold: float) -> np.ndarray:
+    """N_skip of eq. 6 after an update with increment Δũ (float64, inf = never again).
+
+    ``floor(threshold / Δũ)`` is the smallest n ≥ 0 with ``(n+1)·Δũ > threshold``; with a
+    threshold ≥ 1 the capped probability never exceeds it, so there is no next update.
+    """
+    with np.errstate(divide="ignore"):
+        n = np.floor(threshold / delta)
+    return np.where((delta > 0) & (threshold < 1), n, np.inf)
+
+
+def first_update(update_prob: np.ndarray, delta: np.ndarray, threshold: float) -> np.ndarray:
+    """Steps until the first update, from the state's ũ and Δũ: 0 if ũ > threshold, else the
+    smallest k ≥ 1 with ``ũ + k·Δũ > threshold`` (inf if never). float64 (B,)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.floor((threshold - update_prob) / delta) + 1
+    k = np.where((delta > 0) & (threshold < 1), k, np.inf)
+    return np.where(update_prob > threshold, 0.0, k)
+
+
+def skip_inference(
+    module,
+    inputs: Tensor | Features,
+    seq_len: int | None = None,
+    batch: int | None = None,
+    state: RecurrentState | None = None,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, RecurrentState, Stats]:
+    """Run a ``SkipRNN`` for inference, computing only the steps that update.
+
+    Args:
+        module: a ``SkipRNN`` (its eval-mode behaviour is used: u = 1[ũ > threshold]).
+        inputs: the input tensor (in the module's layout, like ``forward``), or a callable
+            ``features(steps, rows) -> (n, I)`` that returns the input features of the
+            (step, row) pairs requested (two (n,) LongTensors) — only steps that update are
+            ever requested, so an expensive encoder runs only where it is needed.
+        seq_len, batch: T and B; required with a callable, read from a tensor otherwise.
+        state: a ``RecurrentState`` to continue from (None: the module's initial state).
+        lengths: optional (B,) valid lengths.
+    Returns:
+        ``(out, state, stats)`` exactly as ``module(x, state, lengths)`` in eval mode; with a
+        callable, ``out`` is time-major (T, B, D) unless the module is ``batch_first``.
+    """
+    if isinstance(inputs, Tensor):
+        x = module._check_input(inputs)
+        x = x.transpose(0, 1) if module.batch_first else x
+        seq_len, batch = x.shape[:2]
+        like = x
+    else:
+        if seq_len is None or batch is None:
+            raise ValueError("seq_len and batch are required when inputs is a callable")
+        param = module.update_weight
+        like = param.new_empty(0)
+        x = None
+    valid = module._valid_mask(lengths, seq_len, batch, like.device)
+    init = module._check_state(state, batch, like)
+    with torch.no_grad():
+        out, final, stats = skip_forward(module, inputs if x is None else x, seq_len, batch, init, valid)
+    if valid is not None:
+        out = out * valid.unsqueeze(-1).to(out.dtype)
+    return (out.transpose(0, 1) if module.batch_first else out), final, stats
+
+
+def skip_forward(
+    module, inputs: Tensor | Features, seq_len: int, batch: int, state: RecurrentState, valid: Tensor | None
+) -> tuple[Tensor, RecurrentState, Stats]:
+    """The jump-ahead loop over time-major inputs (T, B, I) or a ``features`` callable.
+
+    Returns out (T, B, D) (padded steps not yet zeroed), the final state and the stats.
+    """
+    threshold = float(module.options["threshold"])
+    ends = np.full(batch, seq_len) if valid is None else valid.sum(0).cpu().numpy()
+    prob = state.extras["update_prob"].double().cpu().numpy()
+    delta = state.extras["delta_prob"].double().cpu().numpy()
+    next_t = first_update(prob, delta, threshold)  # (B,) float64, inf = no further update
+    next_t[next_t >= ends] = np.inf
+    run = _run_single if batch == 1 else _run_batch
+    log = run(module, inputs, next_t, ends, state.cell.clone(), threshold)
+    return _assemble(module, state, seq_len, batch, valid, log)
+
+
+class UpdateLog:
+    """What the loops record: the final cell (L, B, K, D) and, per update event, its step,
+    row, new top-layer h and Δũ (host lists, turned into tensors once at the end)."""
+
+    def __init__(self, cell: Tensor) -> None:
+        self.cell = cell
+        self.steps: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+        self.hidden: list[Tensor] = []
+        self.deltas: list[np.ndarray] = []
+
+    def add(self, step: int, rows: np.ndarray, hidden: Tensor, deltas: np.ndarray) -> None:
+        self.steps.append(np.full(rows.size, step))
+        self.rows.append(rows)
+        self.hidden.append(hidden)
+        self.deltas.append(deltas)
+
+
+def _run_batch(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold: float) -> UpdateLog:
+    """Gather the due rows at each step where any is due, step them, scatter them back."""
+    layers = transposed(module)
+    log = UpdateLog(cell)  # log.cell (L, B, K, D) is overwritten row by row
+    every = torch.arange(cell.shape[1], device=cell.device)
+    t = next_t.min()
+    while t < np.inf:
+        t = int(t)
+        due = np.flatnonzero(next_t == t)
+        all_due = due.size == cell.shape[1]
+        rows = every if all_due else torch.from_numpy(due).to(cell.device)
+        if isinstance(inputs, Tensor):
+            x_t = inputs[t] if all_due else inputs[t].index_select(0, rows)
+        else:
+            x_t = inputs(torch.full_like(rows, t), rows)
+        new = stack_step(module.cell, layers, x_t, cell if all_due else cell.index_select(1, rows))
+        cell.index_copy_(1, rows, new)  # a copy even when all are due: ``new`` stays in the log
+        delta = module.update_increment(new).double().cpu().numpy()  # (n,) Δũ of eq. 4
+        next_t[due] = t + 1 + skip_counts(delta, threshold)
+        next_t[next_t >= ends] = np.inf
+        log.add(t, due, new[-1, :, 0], delta)
+        t = next_t.min()
+    return log
+
+
+def _run_single(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold: float) -> UpdateLog:
+    """Batch 1: the same jumps with the schedule in Python scalars, no gathers; in C where it can."""
+    use_native = native.applies(module, cell)
+    first, end = next_t[0], int(ends[0])
+    if use_native and isinstance(inputs, Tensor):
+        start = int(first) if first < end else end
+        steps, hidden, deltas = native.skip_run(module, inputs[:, 0], start, end, threshold, cell)
+        log = UpdateLog(cell)
+        if steps.size:
+            log.steps, log.rows, log.hidden, log.deltas = [steps], [np.zeros_like(steps)], [hidden], [deltas]
+        return log
+    layers, net = transposed(module), native.native_net(module) if use_native else None
+    t, steps, hidden, deltas = first, [], [], []
+    while t < end:
+        t = int(t)
+        x_t = inputs[t] if isinstance(inputs, Tensor) else inputs(torch.tensor([t]), torch.tensor([0]))
+        if net is not None:
+            cell = cell.clone()  # the C step works in place; the logged h must not change
+            delta = net.step(x_t, cell)
+        else:
+            cell = stack_step(module.cell, layers, x_t, cell)
+            delta = module.update_increment(cell).item()  # Δũ of eq. 4
+        steps.append(t)
+        hidden.append(cell[-1, :, 0])
+        deltas.append(delta)
+        t = t + 1 + skip_counts(np.array(delta), threshold)
+    log = UpdateLog(cell)
+    if steps:
+        log.steps, log.rows = [np.array(steps)], [np.zeros(len(steps), dtype=np.int64)]
+        log.hidden, log.deltas = hidden, [np.array(deltas)]
+    return log
+
+
+def _assemble(module, state: RecurrentState, seq_len: int, batch: int, valid: Tensor | None, log: UpdateLog):
+    """Outputs, final state and statistics from the log of updates (all vectorised)."""
+    cell = log.cell
+    device, dtype = cell.device, cell.dtype
+    step_idx, row_idx = _joined(log.steps, device, torch.long), _joined(log.rows, device, torch.long)
+    deltas = _joined(log.deltas, device, dtype)
+    events = step_idx.numel()
+    table = torch.cat([state.cell[-1, :, 0], *log.hidden])  # (B + E, D): initial top h, then each update's
+    # Event index of the latest update at or before each step, -1 before the first.
+    latest = torch.full((seq_len + 1, batch), -1, dtype=torch.long, device=device)
+    latest[step_idx, row_idx] = torch.arange(events, device=device)
+    latest = latest.cummax(0).values  # (T+1, B); row T has no updates, so it repeats row T-1
+    rows = torch.arange(batch, device=device)
+    out = table[torch.where(latest[:seq_len] >= 0, latest[:seq_len] + batch, rows)]  # (T, B, D)
+    updated = torch.zeros(seq_len + 1, batch, dtype=dtype, device=device)
+    updated[step_idx, row_idx] = 1.0
+    # ũ at each step t = 0..T (eq. 5 in closed form): min(k·Δũ, 1) k steps after an update,
+    # ũ_0 + t·Δũ_0 (capped) before the first one.
+    before = torch.cat([latest.new_full((1, batch), -1), latest[:-1]])  # latest update strictly before t
+    delta_all = torch.cat([deltas, state.extras["delta_prob"].to(dtype)])
+    last_delta = delta_all[torch.where(before >= 0, before, events + rows)]  # (T+1, B)
+    steps = torch.arange(seq_len + 1, device=device, dtype=dtype).unsqueeze(1)
+    p0 = state.extras["update_prob"].to(dtype)
+    since = steps - step_idx[before.clamp(min=0)].to(dtype) if events else steps
+    prob = torch.where(
+        before >= 0,
+        (since * last_delta).clamp(max=1.0),
+        torch.where(steps == 0, p0, (p0 + steps * last_delta).clamp(max=1.0)),
+    )
+    ends = torch.full((batch,), seq_len, device=device) if valid is None else valid.sum(0)
+    final_delta = delta_all[torch.where(latest[ends - 1, rows] >= 0, latest[ends - 1, rows], events + rows)]
+    final = RecurrentState(cell, {"update_prob": prob[ends, rows], "delta_prob": final_delta})
+    weight = valid_float(valid, seq_len, batch, cell)  # (T, B)
+    updates = (updated[:seq_len] * weight).t()  # (B, T)
+    macs_per_update = sum(module.dense_step_macs()) + module.hidden_size
+    stats = Stats(
+        updates,
+        module.options["budget"] * updates.sum(1).mean(),
+        updates.sum(1) * macs_per_update,
+        {"update_prob": (prob[:seq_len] * weight).t()},
+    )
+    return out, final, stats
+
+
+def _joined(parts: list[np.ndarray], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """One tensor from the host arrays the loops logged."""
+    return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0)).to(device, dtype)

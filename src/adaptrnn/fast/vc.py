@@ -1,0 +1,95 @@
+"""VCRNN hard-mode inference on sub-matrices: a step that updates d_t dimensions costs ∝ d_t².
+
+The hard version updates the first d_t dimensions from the first d_t dimensions of h_{t-1}
+and all of x_t (METHODS.md §3). With the weights stored neuron-major (``weights.neuron_major``)
+the rows needed are the first ``G·d`` of each matrix and the columns of W_hh the first d, so a
+step is two products with strided sub-matrices, no copy of the weights.
+
+A batch whose rows want different d_t is computed up to the largest d_t with each row's
+extra columns of h zeroed and its extra dimensions left unchanged — exactly the reference's
+masked step restricted to the first max d_t dimensions (the alternative, grouping rows by
+d_t, measured slower: see docs/speed.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..cells import GATES, pointwise
+from ..layer import RecurrentState, Stats, valid_float
+from ..methods.vc import active_dims
+from .weights import gate_major, neuron_major, project
+
+
+def vc_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
+    """Hard-mode VCRNN over time-major x (T, B, I); same outputs, state and stats as the reference."""
+    seq_len, batch = x.shape[:2]
+    gates, size = GATES[module.cell], module.hidden_size
+    weight = valid_float(valid, seq_len, batch, x)  # (T, B)
+    target, scale = float(module.options["target"]), float(module.options["scale"])
+    dims = torch.arange(size, device=x.device)
+    finals, fractions, schedules = [], [], []
+    flops, deviation = x.new_zeros(batch), x.new_zeros(batch)
+    layer_in = x  # (T, B, I)
+    for layer, w in enumerate(neuron_major(module, transpose=True)):
+        in_size = layer_in.shape[-1]
+        u, v, b = (getattr(module, f"scheduler_{n}_l{layer}") for n in ("h", "x", "bias"))
+        x_score = layer_in @ v  # (T, B) the scheduler's input term, for all steps at once
+        blocks = SubMatrices(w, gates)
+        s = state.cell[layer].clone()  # (B, K, D)
+        out = x.new_empty(seq_len, batch, size)
+        ms, ds = x.new_empty(seq_len, batch), x.new_empty(seq_len, batch)
+        for t in range(seq_len):
+            m = torch.sigmoid(s[:, 0] @ u + x_score[t] + b)  # (B,) m_t
+            if scale != 1.0:
+                m = (m * scale).clamp(max=1.0)
+            d = active_dims(m, size)  # (B,)
+            if valid is not None:
+                d = torch.where(valid[t], d, 0)
+            top = int(d.max())
+            if top:
+                mixed = bool((d != top).any())
+                h = s[:, 0, :top]
+                if mixed:
+                    keep = dims[:top] < d.unsqueeze(1)  # (B, top) dimensions each row updates
+                    h = h * keep
+                ih_t, hh_t, b_ih, b_hh = blocks[top]
+                gx = gate_major(project(layer_in[t], ih_t, b_ih), gates)  # (B, G*top)
+                gh = gate_major(project(h, hh_t, b_hh), gates)
+                new = pointwise(module.cell, gx, gh, s[:, :, :top])  # (B, K, top)
+                if mixed:
+                    new = torch.where(keep.unsqueeze(1), new, s[:, :, :top])
+                s[:, :, :top] = new
+            out[t] = s[:, 0]
+            ms[t], ds[t] = m, d
+        ds = ds * weight
+        flops = flops + (gates * ds * (in_size + ds) + weight * (size + in_size)).sum(0)
+        fractions.append(ds / size)
+        schedules.append(ms * weight)
+        deviation = deviation + ((ms - target).abs() * weight).sum(0) / weight.sum(0).clamp(min=1)
+        finals.append(s)
+        layer_in = out
+    updates = torch.stack(fractions).mean(0).t()  # (B, T)
+    cost = module.options["penalty"] * (deviation / module.num_layers).mean()
+    extras = {"scheduler": torch.stack(schedules).mean(0).t()}
+    return layer_in, RecurrentState(torch.stack(finals)), Stats(updates, cost, flops, extras)
+
+
+class SubMatrices:
+    """The upper-left blocks of one layer's neuron-major weights, as views made once per d.
+
+    ``blocks[d]`` is (W_ih^T columns for the first d neurons (C, G*d), W_hh^T block (d, G*d),
+    b_ih (G*d,), b_hh (G*d,)); strided views, no copies.
+    """
+
+    def __init__(self, weights, gates: int) -> None:
+        self.weights, self.gates = weights, gates
+        self.views: dict[int, tuple] = {}
+
+    def __getitem__(self, d: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        if d not in self.views:
+            w, rows = self.weights, self.gates * d
+            cut = lambda b: None if b is None else b[:rows]  # noqa: E731
+            self.views[d] = (w.ih[:, :rows], w.hh[:d, :rows], cut(w.b_ih), cut(w.b_hh))
+        return self.views[d]
