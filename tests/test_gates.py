@@ -320,3 +320,9 @@ def test_hard_sigmoid_and_threshold_eps() -> None:
     e = torch.tensor([0.05, 0.1, 0.5, 0.9, 0.95], dtype=DTYPE)
     assert_close(threshold_eps(e, 0.1), torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=DTYPE))
     assert math.isclose(float(hard_sigmoid(torch.tensor(0.3), 1.0)), 0.65, rel_tol=1e-6)
+
+
+def test_steps_to_skip_survives_a_vanishing_increment():
+    skips = steps_to_skip(torch.tensor([0.0, 0.3, 0.5, 1.0]))
+    assert skips[0] >= 2**61  # Δũ = 0: never updates again (no overflow to a negative count)
+    assert skips[1:].tolist() == [1, 1, 0]  # 2·0.3 > 0.5; 0.5 alone is a tie (skip), 2·0.5 > 0.5; 1 > 0.5

@@ -24,9 +24,10 @@ def steps_to_skip(delta_prob: Tensor, threshold: float = 0.5) -> Tensor:
     ``min{n ≥ 1 : n·Δũ > threshold} - 1``, as integers; ``> threshold`` (not ``≥``) matches
     the binarisation ``u = 1[ũ > threshold]`` used here, i.e. ``torch.round`` (half to even)
     at the default 0.5, including the exact tie ``ũ = 0.5`` which rounds to 0 (skip).
-    Exact ties aside, this is the paper's formula. delta_prob: (B,) in (0, 1].
+    Exact ties aside, this is the paper's formula. delta_prob: (B,) in [0, 1]; a Δũ that
+    underflowed to 0 never updates again, which the cap at 2**62 steps stands for.
     """
-    n = torch.floor(threshold / delta_prob) + 1  # smallest n with n·Δũ > threshold
+    n = torch.floor(threshold / delta_prob).clamp(max=2.0**62) + 1  # smallest n with n·Δũ > threshold
     return (n - 1).clamp(min=0).long()
 
 
