@@ -20,14 +20,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .checkpoint import load_weights
-from .config import ConfigError, TrainConfig, load_config_file, make_config
+from .config import ConfigError
 from .evaluation import evaluate_split, measure_inference
-from .model import SequenceModel
-from .tasks import Task
-from .train import CHECKPOINTS, build_config_model, build_task, resolve_device
+from .train import load_run
 
 KNOBS: dict[str, tuple[str, tuple[float, ...]]] = {
     "SkipRNN": ("threshold", (0.5, 0.6, 0.7, 0.8, 0.9)),
@@ -56,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, task, config, device = load_run(args.run, args.device)
+    model, task, config, device, _ = load_run(args.run, args.device)
     rnn = model.rnn
     default_knob, default_values = KNOBS.get(type(rnn).__name__, (None, ()))
     knob = args.knob or default_knob
@@ -81,24 +76,6 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
-
-
-def load_run(run_dir: str | Path, device: str = "auto") -> tuple[SequenceModel, Task, TrainConfig, torch.device]:
-    """A run's model with its best weights (``last`` if no best), in eval mode, with its task and config."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = make_config(load_config_file(run_dir / "config.yaml"), {"device": device})
-    task = build_task(config)
-    dev = resolve_device(config.device)
-    model = build_config_model(config, task).to(dev)
-    checkpoint = next(
-        (run_dir / CHECKPOINTS / n for n in ("best", "last") if (run_dir / CHECKPOINTS / n).is_dir()), None
-    )
-    if checkpoint is None:
-        raise ConfigError(f"{run_dir} has no checkpoint")
-    load_weights(checkpoint / "model.safetensors", model)
-    return model.eval(), task, config, dev
 
 
 def sweep(model, task, config, device, knob: str, values: list, args: argparse.Namespace) -> list[dict[str, Any]]:

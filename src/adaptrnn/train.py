@@ -365,11 +365,10 @@ def train(
     return Trainer(config, out_dir, resume, progress).run()
 
 
-def evaluate(run_dir: str | Path, split: str = "test", device: str = "auto") -> dict[str, Any]:
-    """Reload a run's config and best weights (``last`` if no best) and recompute its metric.
+def load_run(run_dir: str | Path, device: str = "auto") -> tuple[SequenceModel, Task, TrainConfig, torch.device, Path]:
+    """A run's model with its best weights (``last`` if no best), in eval mode.
 
-    Returns task, model, metric, split, value, updates_fraction, updates_per_sequence,
-    flops_per_sequence, dense_flops_per_sequence, solved, checkpoint.
+    Returns the model, its task, the run's config, the device and the checkpoint folder used.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -383,8 +382,18 @@ def evaluate(run_dir: str | Path, split: str = "test", device: str = "auto") -> 
         (run_dir / CHECKPOINTS / n for n in ("best", "last") if (run_dir / CHECKPOINTS / n).is_dir()), None
     )
     if checkpoint is None:
-        raise ConfigError(f"{run_dir} has no checkpoint to evaluate")
+        raise ConfigError(f"{run_dir} has no checkpoint")
     load_weights(checkpoint / "model.safetensors", model)
+    return model.eval(), task, config, dev, checkpoint
+
+
+def evaluate(run_dir: str | Path, split: str = "test", device: str = "auto") -> dict[str, Any]:
+    """Reload a run's config and best weights (``last`` if no best) and recompute its metric.
+
+    Returns task, model, metric, split, value, updates_fraction, updates_per_sequence,
+    flops_per_sequence, dense_flops_per_sequence, solved, checkpoint.
+    """
+    model, task, config, dev, checkpoint = load_run(run_dir, device)
     metrics = evaluate_split(model, task, split, config.eval_batch_size, dev)
     return {
         "task": config.task,
