@@ -85,8 +85,8 @@ PLANS: dict[str, list[Row]] = {
             "act",
             ["parity_rnn", "parity_act_rnn_t1e-3", "parity_act_rnn_t1e-2", "parity_act_rnn_t1e-1"],
             seeds=(0,),
-            steps=2000,
-            overrides=FAST,
+            steps=30000,
+            overrides={**FAST, "eval_every": "2000"},
         ),
     ],
 }

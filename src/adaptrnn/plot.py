@@ -345,6 +345,9 @@ def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, figsize: Siz
                 fy = [shown[i]["value_mean"] for i in front]
                 ax.plot(fx, fy, "--", color="0.5", lw=1, zorder=0, label="Pareto front")
             ax.set_xlabel(xlabel)
+            values = [row["value_mean"] for row in shown]
+            if metric == "mse" and min(values) > 0 and max(values) > 20 * min(values):
+                ax.set_yscale("log")  # errors spanning decades: "solved" and "not solved" both legible
             ax.set_ylabel(f"{metric} ({'lower' if lower else 'higher'} is better)")
             ax.set_title(task, fontsize=10)
             ax.grid(alpha=0.3)
