@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_tasks import idx_bytes
 
 from adaptrnn.config import make_config
 from adaptrnn.train import evaluate, train
+from test_tasks import idx_bytes
 
 SMALL = ["val_size=16", "test_size=16"]
 TASK_OPTIONS = {
