@@ -89,24 +89,6 @@ PLANS: dict[str, list[Row]] = {
             overrides={**FAST, "eval_every": "2000"},
         ),
     ],
-    # Long sequences (T = 500, 784) cost ~10-15x the adding task per step on a CPU: these rows
-    # only check that the pipeline runs end to end on the real data, far from the papers' budgets.
-    "cpu-smoke": [
-        *rows(
-            "skip_rnn",
-            ["pixel_fashion_mnist_lstm", "pixel_fashion_mnist_skip_lstm"],
-            seeds=(0,),
-            steps=300,
-            overrides={**FAST, "eval_every": "100", "eval_batches": "2"},
-        ),
-        *rows(
-            "sa_rnn",
-            ["adding_t500_gru", "adding_t500_sa_gru_l1e-5", "adding_t500_skip_gru_l1e-5"],
-            seeds=(0,),
-            steps=300,
-            overrides={**FAST, "eval_every": "100", "eval_batches": "2"},
-        ),
-    ],
 }
 
 
