@@ -193,6 +193,7 @@ class RecurrentBase(nn.Module):
     def _check_state(self, state: StateLike, batch: int, x: Tensor) -> RecurrentState:
         if state is None:
             return self.initial_state(batch, x)
+        defaults = self.initial_extras(batch, x)
         if isinstance(state, RecurrentState):
             cell, extras = state.cell, dict(state.extras)
         else:
@@ -204,11 +205,11 @@ class RecurrentBase(nn.Module):
                 if not isinstance(p, Tensor) or p.dim() != 3:
                     raise ValueError("h0/c0 must be tensors of shape (num_layers, batch, hidden_size)")
             cell = torch.stack(parts, dim=2)
-            extras = self.initial_extras(batch, x)
+            extras = defaults
         want = (self.num_layers, batch, self.state_parts, self.hidden_size)
         if tuple(cell.shape) != want:
             raise ValueError(f"state has shape {tuple(cell.shape)}, expected (L, B, K, D) = {want}")
-        missing = set(self.initial_extras(batch, x)) - set(extras)
+        missing = set(defaults) - set(extras)
         if missing:
             raise ValueError(f"state lacks this method's quantities: {', '.join(sorted(missing))}")
         for name, value in extras.items():
