@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -219,7 +220,15 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, sets: list[str]) -> 
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     sets = [*TINY_ADDING, "batch_size=32"]
     port = _free_port()
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), sets), nprocs=2, join=True)
+    workers = mp.start_processes(
+        _ddp_worker, args=(2, port, str(tmp_path / "ddp"), sets), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 180  # a hung collective must fail the test, not stall the suite
+    while not workers.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail("the two DDP workers did not finish within 180 s")
     rank0 = torch.load(tmp_path / "ddp/rank0.pt")
     rank1 = torch.load(tmp_path / "ddp/rank1.pt")
     config = make_config(overrides={"task": "adding", "model": "skip-lstm", "steps": 6, "device": "cpu"}, sets=sets)
