@@ -7,6 +7,8 @@ import the helpers with ``from conftest import ...`` (pytest puts ``tests/`` on 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -36,8 +38,10 @@ LENGTHS = torch.tensor([T, 2, T - 2, 1])
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed() -> Iterator[None]:
     torch.manual_seed(0)
+    yield
+    torch.set_flush_denormal(False)  # the trainer sets it process-wide; each test starts from torch's default
 
 
 def make_module(

@@ -61,6 +61,16 @@ def test_short_run_lowers_the_loss(tmp_path):
     assert again["value"] == pytest.approx(result["value"], rel=1e-6)
 
 
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush subnormals")
+def test_trainer_flushes_subnormals_unless_told_not_to(tmp_path):
+    subnormal = torch.tensor([1e-40])
+    assert subnormal.mul(1.0).item() > 0  # torch's default keeps them
+    Trainer(tiny(steps=1), tmp_path / "a", progress=False)
+    assert subnormal.mul(1.0).item() == 0.0
+    Trainer(tiny(steps=1, extra=("flush_denormal=false",)), tmp_path / "b", progress=False)
+    assert subnormal.mul(1.0).item() > 0
+
+
 class Crash(Exception):
     pass
 

@@ -87,10 +87,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def set_threads(config: TrainConfig) -> None:
-    """Size torch's CPU thread pool as the config says (None leaves torch's default)."""
+def configure_cpu(config: TrainConfig) -> None:
+    """Size torch's CPU thread pool (None leaves torch's default) and set subnormal flushing."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    torch.set_flush_denormal(config.flush_denormal)
 
 
 class Trainer:
@@ -117,7 +118,7 @@ class Trainer:
             raise ConfigError(f"{self.out}: no checkpoint to resume from ({last} missing)")
         if not resume and (self.out / CHECKPOINTS).exists():
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
-        set_threads(config)
+        configure_cpu(config)
         seed_everything(config.seed)
         self.task = build_task(config)
         self.model = build_config_model(config, self.task).to(self.device)
@@ -374,7 +375,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[SequenceModel, 
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     config = make_config(load_config_file(run_dir / "config.yaml"), {"device": device})
-    set_threads(config)
+    configure_cpu(config)
     task = build_task(config)
     dev = resolve_device(config.device)
     model = build_config_model(config, task).to(dev)
