@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -12,6 +13,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from adaptrnn import train as train_module
 from adaptrnn.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -24,7 +26,7 @@ from adaptrnn.config import make_config
 from adaptrnn.model import MODEL_NAMES, build_model
 from adaptrnn.tasks import make_task
 from adaptrnn.tasks.synthetic import AddingTask
-from adaptrnn.train import Trainer, evaluate, train
+from adaptrnn.train import Trainer, TrainingDiverged, evaluate, train
 
 TINY = [
     "hidden_size=12",
@@ -69,6 +71,38 @@ def test_trainer_flushes_subnormals_unless_told_not_to(tmp_path):
     assert subnormal.mul(1.0).item() == 0.0
     Trainer(tiny(steps=1, extra=("flush_denormal=false",)), tmp_path / "b", progress=False)
     assert subnormal.mul(1.0).item() > 0
+
+
+def _poison_loss(trainer: Trainer, poisoned_calls: set[int], weights: list[dict]) -> None:
+    """Make the task loss infinite at the given (1-based) calls; record the weights seen by each call."""
+    clean = trainer.task.loss
+
+    def loss(pred, batch):
+        weights.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        value = clean(pred, batch)
+        return value * float("inf") if len(weights) in poisoned_calls else value
+
+    trainer.task.loss = loss
+
+
+def test_a_step_with_a_nonfinite_gradient_is_skipped_and_counted(tmp_path):
+    trainer = Trainer(tiny(steps=5, extra=("log_every=5", "eval_every=5")), tmp_path / "run", progress=False)
+    weights: list[dict] = []
+    _poison_loss(trainer, {3}, weights)
+    trainer.run()
+    changed = [any(not torch.equal(a[k], b[k]) for k in a) for a, b in itertools.pairwise(weights)]
+    assert changed == [True, True, False, True]  # step 3 was skipped
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    (line,) = metrics(tmp_path / "run")
+    assert line["skipped_steps"] == 1 and torch.isfinite(torch.tensor(line["loss"]))
+
+
+def test_training_stops_with_a_clear_error_when_every_gradient_is_nonfinite(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "MAX_NONFINITE_STEPS", 3)
+    trainer = Trainer(tiny(steps=10), tmp_path / "run", progress=False)
+    _poison_loss(trainer, set(range(1, 11)), [])
+    with pytest.raises(TrainingDiverged, match="step 3: the gradient was NaN or infinite in 3 steps in a row"):
+        trainer.run()
 
 
 class Crash(Exception):

@@ -53,6 +53,9 @@ from .tasks import Batch, Task, make_task
 from .tasks.base import slice_batch
 
 CHECKPOINTS = "checkpoints"
+# Consecutive steps with a non-finite gradient after which the run stops: the weights are still
+# finite (those steps were skipped), so something in the data or the setup makes every gradient bad.
+MAX_NONFINITE_STEPS = 50
 INFERENCE_BATCH = 256
 SAMPLE_COUNT = 8
 
@@ -94,6 +97,10 @@ def configure_cpu(config: TrainConfig) -> None:
     torch.set_flush_denormal(config.flush_denormal)
 
 
+class TrainingDiverged(RuntimeError):
+    """Every gradient of many steps in a row was NaN or infinite."""
+
+
 class Trainer:
     """One training run. ``Trainer(config, out_dir).run()`` trains, tests and writes the run dir.
 
@@ -129,6 +136,7 @@ class Trainer:
         self.step, self.best, self.best_step, self.elapsed = 0, None, None, 0.0
         self.carried: RecurrentState | None = None
         self.interval = _new_interval()
+        self.nonfinite_steps = 0  # consecutive steps skipped for a non-finite gradient
         if resume:
             self._restore(load_checkpoint(last, self.model))
         self.ddp = self.model
@@ -187,12 +195,24 @@ class Trainer:
         loss = task_loss + stats.cost
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        # Under DDP every rank holds the same averaged gradient, so every rank decides alike.
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
         self.carried = new_state.detach()
         acc = self.interval
         acc["steps"] += 1
+        if not torch.isfinite(norm):
+            # An exploding straight-through path or an overflow: one such step would make every
+            # weight NaN for good, so skip it (as AMP's loss scaler does) and count it in the log.
+            acc["skipped"] += 1
+            self.nonfinite_steps += 1
+            if self.nonfinite_steps >= MAX_NONFINITE_STEPS:
+                raise TrainingDiverged(
+                    f"step {step + 1}: the gradient was NaN or infinite in {self.nonfinite_steps} steps in a row "
+                    f"(loss {float(loss.detach())}); the last checkpoint holds the weights before them"
+                )
+            return
+        self.nonfinite_steps = 0
+        self.optimizer.step()
         acc["loss"] += float(loss.detach())
         acc["task_loss"] += float(task_loss.detach())
         acc["cost"] += float(stats.cost.detach())
@@ -236,7 +256,7 @@ class Trainer:
 
     def _log_line(self, val: dict[str, float] | None) -> dict[str, Any]:
         acc = self.interval
-        n = max(1.0, acc["steps"])
+        n = max(1.0, acc["steps"] - acc["skipped"])  # skipped steps' losses were not accumulated
         line = {
             "step": self.step,
             "loss": acc["loss"] / n,
@@ -247,6 +267,7 @@ class Trainer:
             "val_updates_fraction": None if val is None else val["updates_fraction"],
             "lr": self.optimizer.param_groups[0]["lr"],
             "elapsed_s": self.elapsed,
+            "skipped_steps": int(acc["skipped"]),
         }
         self.interval = _new_interval()
         return line
@@ -293,11 +314,13 @@ class Trainer:
             "best_step": self.best_step,
             "elapsed_s": self.elapsed,
             "interval": dict(self.interval),
+            "nonfinite_steps": self.nonfinite_steps,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.step, self.best, self.best_step = state["step"], state["best"], state["best_step"]
-        self.elapsed, self.interval = state["elapsed_s"], dict(state["interval"])
+        self.elapsed, self.interval = state["elapsed_s"], {**_new_interval(), **state["interval"]}
+        self.nonfinite_steps = state.get("nonfinite_steps", 0)
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         carried = state["carried"]
@@ -408,7 +431,7 @@ def evaluate(run_dir: str | Path, split: str = "test", device: str = "auto") -> 
 
 
 def _new_interval() -> dict[str, float]:
-    return {"steps": 0.0, "loss": 0.0, "task_loss": 0.0, "cost": 0.0, "updates": 0.0, "valid": 0.0}
+    return {"steps": 0.0, "loss": 0.0, "task_loss": 0.0, "cost": 0.0, "updates": 0.0, "valid": 0.0, "skipped": 0.0}
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
