@@ -14,6 +14,7 @@ table and figure from the repository alone.
 from __future__ import annotations
 
 import argparse
+import csv
 import shutil
 import subprocess
 import sys
@@ -128,6 +129,45 @@ PLANS: dict[str, list[Row]] = {
 }
 
 
+# The tables of docs/results.md: (run folders under benchmarks/results/runs/, report's group-by keys).
+TABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "skip_rnn_adding": (("skip_rnn/adding_",), "task,model,budget"),
+    "skip_rnn_frequency": (("skip_rnn/frequency_",), "task,sampling_period_ms,model,budget"),
+    "skip_rnn_pixel_fashion_mnist": (("skip_rnn/pixel_fashion_mnist_",), "task,model,budget"),
+    "sa_rnn_adding_t500": (("sa_rnn/",), "task,model,budget"),
+    "vc_rnn_char_lm": (("vc_rnn/",), "task,model"),
+    "act_parity": (("act/", "act_long/", "act_small/"), "task,size,model,time_penalty,train_steps"),
+}
+RUN_COLUMNS = (
+    "run_dir task model seed train_steps metric value solved updates_fraction updates_per_sequence "
+    "flops_per_sequence dense_flops_per_sequence inference_ms_per_sequence wall_s"
+).split()
+
+
+def write_tables() -> None:
+    """``tables/NAME.md|csv`` (mean ± std over seeds) and ``all_runs.csv`` (one line per run)."""
+    from adaptrnn.report import aggregate, collect_runs, to_csv, to_markdown
+
+    runs_root = RESULTS / "runs"
+    everything = []
+    for name, (prefixes, group_by) in TABLES.items():
+        dirs = sorted(d for prefix in prefixes for d in runs_root.glob(f"{prefix}*") if d.is_dir())
+        if not dirs:
+            continue
+        runs = collect_runs(dirs)
+        everything += runs
+        rows = aggregate(runs, group_by.split(","))
+        (RESULTS / "tables").mkdir(exist_ok=True)
+        (RESULTS / "tables" / f"{name}.md").write_text(to_markdown(rows))
+        to_csv(rows, RESULTS / "tables" / f"{name}.csv")
+    with (RESULTS / "all_runs.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(RUN_COLUMNS)
+        for run in everything:
+            run = {**run, "run_dir": str(Path(run["run_dir"]).relative_to(ROOT))}
+            writer.writerow(["" if run.get(c) is None else run.get(c) for c in RUN_COLUMNS])
+
+
 def run_row(row: Row, seed: int, runs_dir: Path, dry: bool) -> Path:
     """Train one (row, seed) unless its result exists; copy its light files to the results."""
     out = runs_dir / row.config / f"s{seed}"
@@ -175,12 +215,16 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one CPU thread each)")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "reproduce"))
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--tables-only", action="store_true", help="only rebuild benchmarks/results/tables")
     args = parser.parse_args()
     prefixes = tuple(args.only) or ("",)
     jobs = [(row, seed) for row in PLANS[args.plan] if row.config.startswith(prefixes) for seed in row.seeds]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for future in [pool.submit(run_row, row, seed, Path(args.runs_dir), args.dry_run) for row, seed in jobs]:
-            future.result()
+    if not args.tables_only:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for future in [pool.submit(run_row, row, seed, Path(args.runs_dir), args.dry_run) for row, seed in jobs]:
+                future.result()
+    if not args.dry_run:
+        write_tables()
     return 0
 
 
