@@ -54,6 +54,7 @@ def test_short_run_lowers_the_loss(tmp_path):
     lines = metrics(tmp_path / "run")
     assert [line["step"] for line in lines] == [25, 50, 75, 100, 125, 150]
     assert lines[-1]["loss"] < 0.2 * lines[0]["loss"]
+    assert all(line["grad_norm"] > 0 and line["skipped_steps"] == 0 for line in lines)
     assert result["value"] < 0.1 * AddingTask(length=12).target_variance
     for key in ("task", "model", "metric", "value", "updates_fraction", "flops_per_sequence", "train_steps", "wall_s"):
         assert key in json.loads((tmp_path / "run" / "result.json").read_text())

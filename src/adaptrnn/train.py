@@ -213,6 +213,7 @@ class Trainer:
             return
         self.nonfinite_steps = 0
         self.optimizer.step()
+        acc["grad_norm"] = max(acc["grad_norm"], float(norm))
         acc["loss"] += float(loss.detach())
         acc["task_loss"] += float(task_loss.detach())
         acc["cost"] += float(stats.cost.detach())
@@ -268,6 +269,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "elapsed_s": self.elapsed,
             "skipped_steps": int(acc["skipped"]),
+            "grad_norm": acc["grad_norm"],  # the largest before clipping: an exploding gradient shows here
         }
         self.interval = _new_interval()
         return line
@@ -284,7 +286,7 @@ class Trainer:
     def _write_log(self, writer: SummaryWriter, line: dict[str, Any]) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
-        for key in ("loss", "task_loss", "cost", "updates_fraction", "lr"):
+        for key in ("loss", "task_loss", "cost", "updates_fraction", "lr", "grad_norm"):
             writer.add_scalar(f"train/{key}", line[key], line["step"])
         if line["val_metric"] is not None:
             writer.add_scalar(f"val/{self.task.metric_name}", line["val_metric"], line["step"])
@@ -431,7 +433,16 @@ def evaluate(run_dir: str | Path, split: str = "test", device: str = "auto") -> 
 
 
 def _new_interval() -> dict[str, float]:
-    return {"steps": 0.0, "loss": 0.0, "task_loss": 0.0, "cost": 0.0, "updates": 0.0, "valid": 0.0, "skipped": 0.0}
+    return {
+        "steps": 0.0,
+        "loss": 0.0,
+        "task_loss": 0.0,
+        "cost": 0.0,
+        "updates": 0.0,
+        "valid": 0.0,
+        "skipped": 0.0,
+        "grad_norm": 0.0,
+    }
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
