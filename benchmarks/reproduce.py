@@ -87,7 +87,7 @@ PLANS: dict[str, list[Row]] = {
         *rows("sa_rnn", ["adding_t500_gru"], seeds=(0,), steps=1500, overrides=FAST),
         *rows(
             "sa_rnn",
-            ["adding_t500_sa_gru_l1e-4", "adding_t500_sa_gru_l1e-5"],
+            ["adding_t500_sa_gru_l1e-4", "adding_t500_sa_gru_l1e-5", "adding_t500_sa_gru_l0"],
             seeds=(0,),
             steps=1500,
             overrides={**FAST, "slope_epoch_steps": "15"},
@@ -125,6 +125,13 @@ PLANS: dict[str, list[Row]] = {
             steps=30000,
             overrides={**FAST, "eval_every": "2000"},
         ),
+        *rows(
+            "act",
+            ["logic_lstm", "logic_act_lstm_t1e-3", "logic_act_lstm_t1e-2"],
+            seeds=(0,),
+            steps=20000,
+            overrides={"lr": "1e-3", "eval_every": "2000", "threads": "1"},
+        ),
     ],
 }
 
@@ -136,7 +143,8 @@ TABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "skip_rnn_pixel_fashion_mnist": (("skip_rnn/pixel_fashion_mnist_",), "task,model,budget"),
     "sa_rnn_adding_t500": (("sa_rnn/",), "task,model,budget"),
     "vc_rnn_char_lm": (("vc_rnn/",), "task,model"),
-    "act_parity": (("act/", "act_long/", "act_small/"), "task,size,model,time_penalty,train_steps"),
+    "act_parity": (("act/parity_", "act_long/", "act_small/"), "task,size,model,time_penalty,train_steps"),
+    "act_logic": (("act/logic_",), "task,model,time_penalty"),
 }
 RUN_COLUMNS = (
     "run_dir task model seed train_steps metric value solved updates_fraction updates_per_sequence "

@@ -238,16 +238,21 @@ def test_pattern_plots(tmp_path):
     blues = (image[..., 2] > 0.6) & (image[..., 0] < 0.3)
     assert reds.sum() > 100 and blues.sum() > 100
 
-    neurons = (rng.random((2, 30, 16)) < 0.3).astype(np.float32)
+    neurons = np.zeros((2, 30, 16), np.float32)  # nothing updated: only the markers are coloured
+    x = np.stack([rng.random((2, 30)), np.zeros((2, 30))], axis=-1)
+    x[:, [3, 20], 1] = 1.0  # the adding task's two marked steps
     sa = make_run(
         tmp_path,
         "sa",
         {"task": "adding", "model": "sa-gru", **base},
         {},
-        {"x": rng.random((2, 30, 2)), "updates": neurons.mean(2), "neuron_updates": neurons},
+        {"x": x, "updates": neurons.mean(2), "neuron_updates": neurons},
     )
-    out = plot_runs([sa], tmp_path / "sa.png", "pattern", figsize=(5.0, 3.0))
-    assert read_png(out).shape[:2] == (300, 500)
+    image = read_png(plot_runs([sa], tmp_path / "sa.png", "pattern", figsize=(5.0, 3.0)))
+    assert image.shape[:2] == (300, 500)
+    reddish = image[..., 0] - image[..., 1] > 0.15
+    columns = np.flatnonzero(reddish.sum(0) > 50)  # the marker bands, drawn over the full height
+    assert len(columns) > 0 and columns.max() - columns.min() > 100  # two bands, apart
 
 
 @pytest.mark.parametrize("key", ["ponder", "scheduler"])

@@ -162,12 +162,23 @@ def _draw_rasters(fig: Figure, samples: dict[str, np.ndarray], count: int) -> No
     axes[-1].set_xlabel("step")
 
 
-def _draw_neurons(fig: Figure, neuron_updates: np.ndarray, count: int) -> None:
+def _adding_markers(samples: dict[str, np.ndarray], task: str) -> np.ndarray | None:
+    """(N, T) marker channel of adding-task inputs (the steps whose values are summed), else None."""
+    x = samples.get("x")
+    return x[..., 1] if task == "adding" and x is not None and x.ndim == 3 and x.shape[2] == 2 else None
+
+
+def _draw_neurons(fig: Figure, neuron_updates: np.ndarray, count: int, markers: np.ndarray | None) -> None:
     axes = fig.subplots(count, 1, squeeze=False, sharex=True)[:, 0]
     for i, ax in enumerate(axes):
         ax.imshow(neuron_updates[i].T, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=1)
         ax.set_ylabel("neuron")
-        ax.set_title(f"sample {i}: {neuron_updates[i].mean():.1%} of neuron updates applied (black)", fontsize=9)
+        title = f"sample {i}: {neuron_updates[i].mean():.1%} of neuron updates applied (black)"
+        if markers is not None:
+            for step in np.flatnonzero(markers[i]):
+                ax.axvline(step, color="tab:red", alpha=0.35, linewidth=3, zorder=0)
+            title += "; marked steps in red"
+        ax.set_title(title, fontsize=9)
     axes[-1].set_xlabel("step")
 
 
@@ -189,7 +200,7 @@ def plot_update_pattern(run_dir: str | Path, out: str | Path, *, max_samples: in
     side = _image_side(samples.get("x"), task)
     if "neuron_updates" in samples:
         fig = _figure(figsize or (10.0, 2.2 * count + 0.6))
-        _draw_neurons(fig, samples["neuron_updates"], count)
+        _draw_neurons(fig, samples["neuron_updates"], count, _adding_markers(samples, task))
     elif side is not None:
         fig = _figure(figsize or (2.6 * count, 3.2))
         _draw_images(fig, samples["x"], samples["updates"], side, count)
