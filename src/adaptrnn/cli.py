@@ -79,7 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .config import load_config_file, make_config
     from .evaluation import summary_line
     from .plot import plot_curves, plot_update_pattern
-    from .train import TrainingDiverged, train
+    from .train import train
 
     out = Path(args.out)
     if args.resume:
@@ -92,16 +92,17 @@ def run_train(args: argparse.Namespace) -> int:
         base = load_config_file(args.config) if args.config else {}
     flags = {"task": args.task, "model": args.model, "steps": args.steps, "seed": args.seed, "device": args.device}
     config = make_config(base, flags, args.set)
-    try:
-        result = train(config, out, resume=args.resume, progress=not args.no_progress)
-    except TrainingDiverged as err:
-        print(f"adaptrnn: training diverged: {err}", file=sys.stderr)
+    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    if result is None:  # DDP ranks other than 0
+        return 0
+    plot_curves([out], out / "curves.png")
+    plot_update_pattern(out, out / "updates.png")
+    print(summary_line(result))
+    print(f"run directory: {out} (plots: curves.png, updates.png)")
+    if "diverged" in result:
+        message = f"{result['diverged']}; the result is the best checkpoint's"
+        print(f"adaptrnn: training diverged: {message}", file=sys.stderr)
         return 1
-    if result is not None:  # rank 0
-        plot_curves([out], out / "curves.png")
-        plot_update_pattern(out, out / "updates.png")
-        print(summary_line(result))
-        print(f"run directory: {out} (plots: curves.png, updates.png)")
     return 0
 
 

@@ -98,7 +98,7 @@ def configure_cpu(config: TrainConfig) -> None:
 
 
 class TrainingDiverged(RuntimeError):
-    """Every gradient of many steps in a row was NaN or infinite."""
+    """Every gradient of many steps in a row was NaN or infinite (caught by ``Trainer.run``)."""
 
 
 class Trainer:
@@ -151,14 +151,24 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------
 
     def run(self) -> dict[str, Any] | None:
-        """Train to ``config.steps``, then test the best checkpoint; the result on rank 0, None elsewhere."""
+        """Train to ``config.steps``, then test the best checkpoint; the result on rank 0, None elsewhere.
+
+        Training stops early when the gradient was NaN or infinite in ``MAX_NONFINITE_STEPS``
+        steps in a row; the result then says why under ``diverged``.
+        """
         cfg, main = self.config, self.rank == 0
         writer = self._open_logs() if main else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and self.progress), desc="train")
         start = time.perf_counter() - self.elapsed
+        self.diverged = None
         try:
             for step in range(self.step, cfg.steps):
-                self._train_step(step)
+                try:
+                    self._train_step(step)
+                except TrainingDiverged as err:
+                    # The weights are those before the bad steps: test the best checkpoint as usual.
+                    self.diverged, self.step = str(err), step + 1
+                    break
                 self.step = done = step + 1
                 self.elapsed = time.perf_counter() - start
                 evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps
@@ -378,6 +388,8 @@ class Trainer:
             "world_size": self.world,
             "torch_version": torch.__version__,
         }
+        if self.diverged:
+            result["diverged"] = self.diverged
         arrays = sample_arrays(self.model, self.task, self.device, SAMPLE_COUNT)
         atomic_write(self.out / "samples.npz", lambda f: np.savez_compressed(f, **arrays))
         atomic_write(self.out / "result.json", lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
