@@ -203,9 +203,10 @@ def run_row(row: Row, seed: int, runs_dir: Path, dry: bool) -> Path:
         resume = ["--resume"] if (out / "config.yaml").is_file() else []
         if resume:  # an interrupted run continues from its last checkpoint, with its own config
             cmd = cmd[:4] + ["--seed", str(seed), "--out", str(out), "--no-progress", "--resume"]
-        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-            print(f"FAILED: {out}", flush=True)
-            return out
+        code = subprocess.run(cmd, cwd=ROOT).returncode
+        if not (out / "result.json").is_file():
+            print(f"FAILED (exit {code}): {out}", flush=True)
+            return out  # a diverged run (exit 1) still has a result: its best checkpoint's
     dest = RESULTS / "runs" / row.config / f"s{seed}"
     dest.mkdir(parents=True, exist_ok=True)
     for name in LIGHT_FILES:
