@@ -148,7 +148,7 @@ TABLES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 RUN_COLUMNS = (
     "run_dir task model seed train_steps metric value solved updates_fraction updates_per_sequence "
-    "flops_per_sequence dense_flops_per_sequence inference_ms_per_sequence wall_s"
+    "flops_per_sequence dense_flops_per_sequence inference_ms_per_sequence wall_s diverged"
 ).split()
 
 
