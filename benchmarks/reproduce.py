@@ -41,7 +41,7 @@ def rows(group: str, names: list[str], **kw) -> list[Row]:
     return [Row(f"{group}/{name}", **kw) for name in names]
 
 
-# What a 2-core CPU can afford in about an hour: the papers' tasks and rows, far fewer steps,
+# What a 2-core CPU can afford in about four hours: the papers' tasks and rows, far fewer steps,
 # lr 1e-3 and batch 128 (the papers use lr 1e-4, batch 256 and 10-100x more steps).
 # Differences from the papers are stated in docs/results.md.
 FAST = {"lr": "1e-3", "batch_size": "128", "eval_every": "250", "threads": "1"}
