@@ -129,8 +129,8 @@ PLANS: dict[str, list[Row]] = {
             "act",
             ["logic_lstm", "logic_act_lstm_t1e-3", "logic_act_lstm_t1e-2"],
             seeds=(0,),
-            steps=20000,
-            overrides={"lr": "1e-3", "eval_every": "2000", "threads": "1"},
+            steps=10000,
+            overrides={"lr": "1e-3", "eval_every": "1000", "threads": "1"},
         ),
     ],
 }
