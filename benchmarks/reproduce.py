@@ -45,6 +45,7 @@ def rows(group: str, names: list[str], **kw) -> list[Row]:
 # lr 1e-3 and batch 128 (the papers use lr 1e-4, batch 256 and 10-100x more steps).
 # Differences from the papers are stated in docs/results.md.
 FAST = {"lr": "1e-3", "batch_size": "128", "eval_every": "250", "threads": "1"}
+LOGIC = {"lr": "1e-3", "eval_every": "1000", "threads": "1"}  # the papers' batch 16
 PLANS: dict[str, list[Row]] = {
     "cpu-short": [
         *rows(
@@ -125,14 +126,14 @@ PLANS: dict[str, list[Row]] = {
             steps=30000,
             overrides={**FAST, "eval_every": "2000"},
         ),
-        *rows("act", ["logic_lstm"], seeds=(0,), steps=10000, overrides={"lr": "1e-3", "eval_every": "1000", "threads": "1"}),
+        *rows("act", ["logic_lstm"], seeds=(0,), steps=10000, overrides=LOGIC),
         # ACT ponders ~13 steps per input here, 0.5-0.8 s per training step: 7,000 steps is what was affordable.
         *rows(
             "act",
             ["logic_act_lstm_t1e-3"],
             seeds=(0,),
             steps=7000,
-            overrides={"lr": "1e-3", "eval_every": "1000", "threads": "1"},
+            overrides=LOGIC,
         ),
     ],
 }
