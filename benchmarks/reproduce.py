@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adaptrnn.report import aggregate, collect_runs, to_csv, to_markdown
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LIGHT_FILES = ("config.yaml", "metrics.jsonl", "result.json", "samples.npz")
@@ -157,8 +159,6 @@ RUN_COLUMNS = (
 
 def write_tables() -> None:
     """``tables/NAME.md|csv`` (mean ± std over seeds) and ``all_runs.csv`` (one line per run)."""
-    from adaptrnn.report import aggregate, collect_runs, to_csv, to_markdown
-
     runs_root = RESULTS / "runs"
     everything = []
     for name, (prefixes, group_by) in TABLES.items():

@@ -5,9 +5,7 @@ whole sequence and called once per step. ``PYTHONPATH=src python benchmarks/stre
 Skip RNN's gate is set as in ``adaptrnn bench`` (one update every 1/f steps).
 """
 
-import statistics
 import sys
-import time
 
 import torch
 
@@ -21,13 +19,7 @@ T, I, H = 1000, 40, 256
 
 
 def median_ms(fn, repeats=7):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return bench.timed(fn, False, torch.device("cpu"), repeats, warmup=1)
 
 
 def stream_all(module, x):

@@ -7,11 +7,10 @@ The grouping variant is written here, not in the library, because it measured sl
 shape tried (docs/speed.md); it covers one layer without padding, enough for the comparison.
 """
 
-import time
-
 import torch
 
 import adaptrnn as ar
+from adaptrnn import bench
 from adaptrnn.cells import GATES, pointwise
 from adaptrnn.fast import vc as fvc
 from adaptrnn.fast.weights import gate_major, neuron_major, project
@@ -47,13 +46,7 @@ def group_forward(module, x):
 
 
 def t(fn, n=5):
-    fn()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[n // 2] * 1e3
+    return bench.timed(fn, False, torch.device("cpu"), n, warmup=1)
 
 
 for B, T, I, H in ((256, 50, 2, 110), (32, 200, 1, 128)):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .bench import timed
 from .model import SequenceModel
 from .tasks import Batch, Task
 
@@ -92,21 +91,10 @@ def measure_inference(
     was_training = model.training
     model.eval()
     batch = next(iter(task.eval_batches("test", batch_size))).to(device)
-    times = []
-    for _ in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        model(batch.x, batch.lengths)
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    ms = timed(lambda: model(batch.x, batch.lengths)[0], False, device, repeats, warmup=1)
     model.train(was_training)
     rows = batch.x.shape[0]
-    return statistics.median(times[1:]) * 1000 / rows, rows
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return ms / rows, rows
 
 
 @torch.no_grad()
