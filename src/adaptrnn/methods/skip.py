@@ -31,6 +31,10 @@ def steps_to_skip(delta_prob: Tensor, threshold: float = 0.5) -> Tensor:
     return (n - 1).clamp(min=0).long()
 
 
+# The straight-through gradient graphs of ``SkipRNN(graph=...)``; the first is the default.
+GRAPHS = ("official", "paper-carried", "paper")
+
+
 class SkipRNN(RecurrentBase):
     """A recurrent stack with the Skip RNN binary update gate.
 
@@ -41,6 +45,21 @@ class SkipRNN(RecurrentBase):
             ũ = 0.5 skips). Raise it at inference to update less (the compute dial).
         impl: "auto" jumps from update to update at inference (``adaptrnn.fast.skip``; eval
             mode under ``torch.no_grad()``), "reference" always runs this loop.
+        graph: which straight-through gradient graph training uses (METHODS.md §1). The three
+            give identical forward values (outputs, decisions, ũ, Δũ, cost); only gradients differ.
+            With s̃_t the candidate state S(s_{t-1}, x_t) and s_t the gated state of eq. 3:
+
+            - "official" (default), the graph of the official TensorFlow code that the paper's
+              numbers came from: Δũ_t = u_t·σ(W_p s̃_t + b_p) + (1 − u_t)·Δũ_{t−1} (from the
+              *candidate*, carried while skipping); cum'_t = (1 − u_t)·ũ_t;
+              ũ_{t+1} = cum'_t + min(Δũ_t, 1 − cum'_t).
+            - "paper-carried" (adaptrnn's only graph before this option existed): Δũ_t =
+              u_t·σ(W_p s_t + b_p) + (1 − u_t)·Δũ_{t−1} (from the *gated* state, carried);
+              ũ_{t+1} = u_t·Δũ_t + (1 − u_t)·(ũ_t + min(Δũ_t, 1 − ũ_t)) (eq. 5 as written).
+            - "paper", eqs. 4-5 literally: Δũ_t = σ(W_p s_t + b_p) recomputed at every step from
+              the gated state (when skipping s_t = s_{t−1}, so the value is the carried one), and
+              eq. 5 as written. A hand-made state whose ``delta_prob`` is not σ(W_p s + b_p) is
+              the one case where this form's values differ: it never reads ``delta_prob``.
 
     Parameters beyond ``torch.nn``'s: ``update_weight`` (D,) and ``update_bias`` () of eq. 4
     (bias initialised to 1), and the learned initial state ``initial_cell`` (L, K, D).
@@ -52,10 +71,13 @@ class SkipRNN(RecurrentBase):
     Full computation: u_t = 1 at every step.
     """
 
-    OPTIONS = {"budget": 0.0, "stochastic": False, "threshold": 0.5, "impl": "auto"}
+    OPTIONS = {"budget": 0.0, "stochastic": False, "threshold": 0.5, "impl": "auto", "graph": "official"}
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
+        graph = self.options.get("graph", GRAPHS[0])  # RandomSkipRNN adds SkipRNN's options later
+        if graph not in GRAPHS:
+            raise ValueError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
         self.update_weight = nn.Parameter(torch.empty(hidden_size))
         self.update_bias = nn.Parameter(torch.ones(()))
         self.initial_cell = nn.Parameter(torch.zeros(num_layers, self.state_parts, hidden_size))
@@ -85,6 +107,26 @@ class SkipRNN(RecurrentBase):
             hard = (update_prob > self.options["threshold"]).to(update_prob.dtype)
         return straight_through(hard, update_prob)
 
+    def next_probability(
+        self, u: Tensor, candidate: Tensor, new_cell: Tensor, update_prob: Tensor, delta_prob: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(Δũ_t, ũ_{t+1}) (eqs. 4-5) in the straight-through graph of the ``graph`` option.
+
+        u, update_prob (ũ_t), delta_prob (Δũ_{t-1}): (B,); candidate (s̃_t), new_cell (s_t):
+        (L, B, K, D). The values agree for every graph; see the class docstring for the gradients.
+        """
+        graph = self.options["graph"]
+        if graph == "official":
+            # Skipping copies the state, so Δũ is carried rather than recomputed.
+            delta = u * self.update_increment(candidate) + (1 - u) * delta_prob
+            kept = (1 - u) * update_prob  # cum'_t: 0 after an update, ũ_t after a skip
+            return delta, kept + torch.minimum(delta, 1 - kept)
+        if graph == "paper-carried":
+            delta = u * self.update_increment(new_cell) + (1 - u) * delta_prob
+        else:  # "paper": eq. 4 at every step, from the gated state
+            delta = self.update_increment(new_cell)
+        return delta, u * delta + (1 - u) * (update_prob + torch.minimum(delta, 1 - update_prob))  # eq. 5
+
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
         if type(self).binarize is SkipRNN.binarize and use_fast(self):  # jumping needs the deterministic gate
             from ..fast.skip import skip_forward
@@ -103,9 +145,7 @@ class SkipRNN(RecurrentBase):
             u = self.binarize(update_prob)  # (B,)
             candidate = self.stack_step(gx0[t], cell)
             new_cell = u.view(1, -1, 1, 1) * candidate + (1 - u).view(1, -1, 1, 1) * cell  # eq. 3
-            # Skipping copies the state, so Δũ is carried rather than recomputed.
-            new_delta = u * self.update_increment(new_cell) + (1 - u) * delta_prob
-            new_prob = u * new_delta + (1 - u) * (update_prob + torch.minimum(new_delta, 1 - update_prob))  # eq. 5
+            new_delta, new_prob = self.next_probability(u, candidate, new_cell, update_prob, delta_prob)
             probs.append(update_prob)
             gates.append(u)
             cell = keep_where(valid_t, new_cell, cell, batch_dim=1)  # (L, B, K, D)
