@@ -131,6 +131,31 @@ def test_parity_labels_and_positions():
     assert (x == -1).any() and (x == 1).any()
 
 
+def test_parity_prefix_layout_puts_the_nonzero_entries_first():
+    random, prefix = small("parity"), small("parity", layout="prefix")
+    assert random.layout == "random"  # the paper's task is the default
+    a, b = random.train_batch(3, 1024), prefix.train_batch(3, 1024)
+    xa, xb = a.x.squeeze(1), b.x.squeeze(1)
+    count = (xb != 0).sum(dim=1)
+    assert torch.equal(count, (xa != 0).sum(dim=1))  # same k per sequence, from the same stream
+    first = torch.arange(64).expand(1024, -1) < count.unsqueeze(1)
+    assert torch.equal(xb != 0, first)  # exactly the first k entries, as x[:k] in Fojo et al.'s code
+    assert torch.equal(b.y.squeeze(1), ((xb == 1).sum(dim=1) % 2).float())
+    assert not torch.equal(xa != 0, first)
+    val = concat(list(prefix.eval_batches("val", 128))).x.squeeze(1)
+    assert torch.equal(val != 0, torch.arange(64).expand(len(val), -1) < (val != 0).sum(dim=1, keepdim=True))
+    with pytest.raises(ValueError, match="layout must be one of random, prefix"):
+        small("parity", layout="suffix")
+
+
+def test_parity_layout_is_a_set_option():
+    from adaptrnn.config import make_config
+
+    config = make_config({"task": "parity", "model": "act-rnn"}, sets=["layout=prefix"])
+    assert config.task_options["layout"] == "prefix"
+    assert make_config({"task": "parity", "model": "rnn"}).task_options["layout"] == "random"
+
+
 def test_parity_extrapolation_split():
     task = make_task("parity", size=96, max_nonzero=48, test_min_nonzero=49, val_size=200, test_size=300)
     train = (task.train_batch(0, 500).x != 0).sum(dim=-1)

@@ -14,12 +14,17 @@ from torch import Tensor
 
 from .base import Batch, GeneratedTask, masked_cross_entropy, masked_mean, sequence_error_parts
 
+PARITY_LAYOUTS = ("random", "prefix")
+
 
 class ParityTask(GeneratedTask):
     """Parity of a signed vector, one input step (all computation is pondering).
 
-    x: (B, 1, size) float; ``k ~ U{min_nonzero..max_nonzero}`` entries at uniformly random
-    positions are set to +1 or -1 (fair coin each), the rest are 0.
+    x: (B, 1, size) float; ``k ~ U{min_nonzero..max_nonzero}`` entries are set to +1 or -1
+    (fair coin each), the rest are 0. ``layout`` places them: "random" (default) at uniformly
+    random positions, as the paper ("randomly chosen elements"); "prefix" in the first k
+    positions (``x[:k]``), as Fojo et al.'s code and other public ACT code, an easier task.
+    For one seed both layouts draw the same k and the same random stream.
     y: (B, 1) float, 1.0 if the number of +1 entries is odd.
     pred: (B, 1), one logit; loss: binary cross-entropy with logits.
     ``max_nonzero=0`` means ``size``.  ``test_min_nonzero`` / ``test_max_nonzero`` change the
@@ -41,10 +46,14 @@ class ParityTask(GeneratedTask):
         max_nonzero: int = 0,
         test_min_nonzero: int = 0,
         test_max_nonzero: int = 0,
+        layout: str = "random",
         val_size: int = 1000,
         test_size: int = 10000,
     ) -> None:
         super().__init__(seed, val_size, test_size)
+        if layout not in PARITY_LAYOUTS:
+            raise ValueError(f"parity: layout must be one of {', '.join(PARITY_LAYOUTS)}, got {layout!r}")
+        self.layout = layout
         self.size = self.input_size = size
         self.range = (min_nonzero, max_nonzero or size)
         # a test range given only by its minimum extends to `size` (train 1..48, test 49..96)
@@ -59,6 +68,8 @@ class ParityTask(GeneratedTask):
         count = torch.randint(lo, hi + 1, (n, 1), generator=g)
         # rank of each position in a random permutation: the `count` lowest ranks are non-zero
         rank = torch.rand(n, self.size, generator=g).argsort(dim=1).argsort(dim=1)
+        if self.layout == "prefix":  # drawn all the same, so the signs below come from the same stream
+            rank = torch.arange(self.size).expand(n, -1)
         sign = torch.randint(0, 2, (n, self.size), generator=g) * 2 - 1
         x = torch.where(rank < count, sign, 0).float()  # (B, size)
         y = ((x == 1).sum(dim=1, keepdim=True) % 2).float()  # (B, 1)
