@@ -21,6 +21,9 @@ def hard_sigmoid(z: Tensor, slope: float) -> Tensor:
     return ((slope * z + 1) / 2).clamp(0.0, 1.0)
 
 
+GATE_INITS = ("official", "open")  # SARNN(gate_init=...); the first is the default
+
+
 class SARNN(RecurrentBase):
     """A recurrent stack in which each neuron decides at each step whether to update.
 
@@ -33,31 +36,54 @@ class SARNN(RecurrentBase):
         threshold: u = 1[ũ > threshold]; 0.5 in the paper; the inference compute dial.
         impl: "auto" computes only the updating neurons' rows at inference
             (``adaptrnn.fast.sa``; eval mode under ``torch.no_grad()``), "reference" always runs this loop.
+        gate_init: "official" (default), the official code's ``nn.Linear(I_k + D, D)`` init:
+            diag(W_u), W_i and b all ~ U(±1/sqrt(I_k + D)), so about half the neurons update at
+            the start; "open", adaptrnn's earlier init: diag(W_u) ~ U(±1/sqrt(D)),
+            W_i ~ U(±1/sqrt(I_k)), b = 0.5, so every neuron updates at first (ũ = 0.75 with a
+            zero pre-activation).
+        detach_gate_state: stop the gradient through h_{t-1} inside the gate (ũ_t reads
+            ``h_{t-1}.detach()``). Forward values are unchanged; the straight-through path
+            u_t -> ũ_t -> h_{t-1} that makes gradients explode over long sequences (METHODS.md §4)
+            is cut. False by default (the paper's and the official code's graph).
 
     Per layer: ``update_weight_hh_l{k}`` (D,) is the diagonal of W_u, a vector by
     construction so it cannot grow off-diagonal terms; ``update_weight_ih_l{k}`` (D, I_k)
-    is W_i; ``update_bias_l{k}`` (D,) starts at 0.5, so every neuron updates at first
-    (ũ = 0.75 with a zero pre-activation) and the gate still has gradient.
-    For the LSTM both h and c of a neuron are kept when it does not update.
+    is W_i; ``update_bias_l{k}`` (D,) is b. For the LSTM both h and c of a neuron are kept
+    when it does not update.
 
     Stats: ``updates`` is the fraction of neurons updated (mean over layers); extras
     ``neuron_updates`` (B, T, D) is u_t of the top layer.
     Full computation: u_t = 1 for every neuron.
     """
 
-    OPTIONS = {"budget": 0.0, "slope": 1.0, "threshold": 0.5, "impl": "auto"}
+    OPTIONS = {
+        "budget": 0.0,
+        "slope": 1.0,
+        "threshold": 0.5,
+        "impl": "auto",
+        "gate_init": "official",
+        "detach_gate_state": False,
+    }
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
+        if self.options["gate_init"] not in GATE_INITS:
+            raise ValueError(f"gate_init must be one of {', '.join(GATE_INITS)}, got {self.options['gate_init']!r}")
         self.register_buffer("slope", torch.tensor(float(self.options["slope"])))
         for layer in range(num_layers):
             in_size = input_size if layer == 0 else hidden_size
-            diag, w_i = torch.empty(hidden_size), torch.empty(hidden_size, in_size)
-            nn.init.uniform_(diag, -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size))
-            nn.init.uniform_(w_i, -1 / math.sqrt(in_size), 1 / math.sqrt(in_size))
+            diag, w_i, bias = torch.empty(hidden_size), torch.empty(hidden_size, in_size), torch.empty(hidden_size)
+            if self.options["gate_init"] == "official":
+                bound = 1 / math.sqrt(in_size + hidden_size)  # nn.Linear over the concatenation [h, x]
+                for p in (diag, w_i, bias):
+                    nn.init.uniform_(p, -bound, bound)
+            else:
+                nn.init.uniform_(diag, -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size))
+                nn.init.uniform_(w_i, -1 / math.sqrt(in_size), 1 / math.sqrt(in_size))
+                bias.fill_(0.5)
             self.register_parameter(f"update_weight_hh_l{layer}", nn.Parameter(diag))
             self.register_parameter(f"update_weight_ih_l{layer}", nn.Parameter(w_i))
-            self.register_parameter(f"update_bias_l{layer}", nn.Parameter(torch.full((hidden_size,), 0.5)))
+            self.register_parameter(f"update_bias_l{layer}", nn.Parameter(bias))
 
     def set_slope(self, value: float) -> None:
         """The annealing hook: set α of the hard sigmoid (kept in checkpoints)."""
@@ -100,7 +126,8 @@ class SARNN(RecurrentBase):
             s = state.cell[layer]  # (B, K, D)
             outs, masks, likelihoods = [], [], []
             for t in range(seq_len):
-                likelihood = self.update_likelihood(s[:, 0], gate_x[t], diag)
+                h_gate = s[:, 0].detach() if self.options["detach_gate_state"] else s[:, 0]
+                likelihood = self.update_likelihood(h_gate, gate_x[t], diag)
                 u = self.binarize(likelihood)  # (B, D)
                 candidate = cell_step(self.cell, gx[t], s, w_hh, b_hh)
                 u3 = u.unsqueeze(1)  # (B, 1, D) keeps h and c alike
