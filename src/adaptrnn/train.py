@@ -49,6 +49,7 @@ from .config import ConfigError, TrainConfig, load_config_file, make_config, sav
 from .evaluation import evaluate_split, measure_inference, sample_arrays, solved, valid_steps
 from .layer import RecurrentState
 from .model import SequenceModel, build_model, count_parameters, set_schedule_values
+from .runinfo import GROUPS, group_grad_norms, parameter_groups, run_record
 from .tasks import Batch, Task, make_task
 from .tasks.base import slice_batch
 
@@ -130,6 +131,7 @@ class Trainer:
         self.task = build_task(config)
         self.model = build_config_model(config, self.task).to(self.device)
         self._check_schedules()
+        self.groups = parameter_groups(self.model)  # for the per-group gradient norms in the log
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
@@ -205,6 +207,7 @@ class Trainer:
         loss = task_loss + stats.cost
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        group_norms = group_grad_norms(self.groups)  # before clipping scales them
         # Under DDP every rank holds the same averaged gradient, so every rank decides alike.
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
         self.carried = new_state.detach()
@@ -224,6 +227,8 @@ class Trainer:
         self.nonfinite_steps = 0
         self.optimizer.step()
         acc["grad_norm"] = max(acc["grad_norm"], float(norm))
+        for group, value in group_norms.items():
+            acc[f"grad_norm_{group}"] = max(acc[f"grad_norm_{group}"], value)
         acc["loss"] += float(loss.detach())
         acc["task_loss"] += float(task_loss.detach())
         acc["cost"] += float(stats.cost.detach())
@@ -280,6 +285,7 @@ class Trainer:
             "elapsed_s": self.elapsed,
             "skipped_steps": int(acc["skipped"]),
             "grad_norm": acc["grad_norm"],  # the largest before clipping: an exploding gradient shows here
+            **{f"grad_norm_{g}": acc[f"grad_norm_{g}"] for g in GROUPS},  # the same per parameter group
         }
         self.interval = _new_interval()
         return line
@@ -361,6 +367,8 @@ class Trainer:
         """Test the best checkpoint; write result.json and samples.npz; return the result."""
         cfg = self.config
         best = self.out / CHECKPOINTS / "best" / "model.safetensors"
+        # The tested weights: the best validation's checkpoint, else (no validation ran) the final ones.
+        checkpoint, checkpoint_step = ("best", self.best_step) if best.is_file() else ("last", self.step)
         if best.is_file():
             load_weights(best, self.model)
         test = evaluate_split(self.model, self.task, "test", cfg.eval_batch_size, self.device)
@@ -390,6 +398,8 @@ class Trainer:
         }
         if self.diverged:
             result["diverged"] = self.diverged
+        metrics = self.out / "metrics.jsonl"
+        result.update(run_record(cfg, checkpoint, checkpoint_step, metrics, self.task.higher_is_better))
         arrays = sample_arrays(self.model, self.task, self.device, SAMPLE_COUNT)
         atomic_write(self.out / "samples.npz", lambda f: np.savez_compressed(f, **arrays))
         atomic_write(self.out / "result.json", lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
@@ -454,6 +464,7 @@ def _new_interval() -> dict[str, float]:
         "valid": 0.0,
         "skipped": 0.0,
         "grad_norm": 0.0,
+        **{f"grad_norm_{g}": 0.0 for g in GROUPS},
     }
 
 
