@@ -279,3 +279,24 @@ def test_plot_cli(tmp_path, capsys):
     assert read_png(out).shape[:2] == (round(plot.DPI * 4.8), round(plot.DPI * 13.0))
     args = parser.parse_args([str(sweep), "--out", str(out), "--kind", "text"])
     assert plot.run(args) == 2 and "plots one run" in capsys.readouterr().err
+
+
+def test_rows_say_which_checkpoint_and_how_many_collapsed(tmp_path):
+    root = adding_runs(tmp_path)
+    # two of the skip-lstm seeds come from the new trainer: one collapsed, one tested at its last weights
+    for seed, extra in (
+        (0, {"checkpoint": "best", "checkpoint_step": 60, "collapsed": True}),
+        (1, {"checkpoint": "last", "checkpoint_step": 100, "collapsed": False}),
+    ):
+        path = root / "skip-lstm" / f"seed{seed}" / "result.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
+    old = root / "skip-lstm" / "seed2" / "result.json"  # an older result: best checkpoint, no flag
+    old.write_text(json.dumps({**json.loads(old.read_text()), "best_step": 80}))
+    rows = {r["model"]: r for r in aggregate(collect_runs([root]))}
+    assert rows["skip-lstm"]["collapsed"] == 1 and rows["lstm"]["collapsed"] is None
+    assert rows["skip-lstm"]["checkpoint"] == "best@60, best@80, last@100" and rows["lstm"]["checkpoint"] is None
+    md = to_markdown(list(rows.values())).splitlines()
+    assert md[0].endswith("| collapsed | checkpoint |")
+    assert md[3].endswith("| 1/3 | best@60, best@80, last@100 |")
+    table = list(csv.DictReader(to_csv(list(rows.values()), tmp_path / "t.csv").open()))
+    assert table[1]["collapsed"] == "1" and table[0]["collapsed"] == ""

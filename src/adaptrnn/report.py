@@ -51,7 +51,8 @@ STATS = (
     ("wall_s", "wall_s"),
 )
 STAT_COLUMNS = frozenset(
-    {"metric", "n", "solved", "device"} | {f"{name}_{s}" for name, _ in STATS for s in ("mean", "std")}
+    {"metric", "n", "solved", "device", "collapsed", "checkpoint"}
+    | {f"{name}_{s}" for name, _ in STATS for s in ("mean", "std")}
 )
 
 
@@ -249,8 +250,23 @@ def aggregate(runs: Sequence[dict[str, Any]], group_by: Sequence[str] | None = N
         solved = [bool(r["solved"]) for r in members if r.get("solved") is not None]
         row["solved"] = sum(solved) if solved else None
         row["device"] = ", ".join(sorted({str(r["device"]) for r in members if r.get("device")})) or None
+        collapsed = [bool(r["collapsed"]) for r in members if r.get("collapsed") is not None]
+        row["collapsed"] = sum(collapsed) if collapsed else None
+        row["checkpoint"] = ", ".join(sorted({c for c in map(tested_checkpoint, members) if c})) or None
         rows.append(row)
     return sorted(rows, key=lambda r: _sort_key(r, group_by))
+
+
+def tested_checkpoint(run: dict[str, Any]) -> str | None:
+    """Which weights a run's value comes from: "best@STEP" or "last@STEP" (result.json's
+    ``checkpoint`` and ``checkpoint_step``). Results written before those keys existed came from
+    a trainer that always tested the best checkpoint: "best@best_step" for them."""
+    kind, step = run.get("checkpoint"), run.get("checkpoint_step")
+    if kind is None and run.get("best_step") is not None:
+        kind, step = "best", run["best_step"]
+    if kind is None:
+        return None
+    return kind if step is None else f"{kind}@{step}"
 
 
 def group_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -290,6 +306,7 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of aggregated rows (counted and measured quantities in separate columns)."""
     keys = group_columns(rows)
     header = [*keys, "metric", "n", "value", "updates", "FLOPs/seq", "inference ms/seq", "solved", "steps", "device"]
+    header += ["collapsed", "checkpoint"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         steps = row["train_steps_mean"]
@@ -303,6 +320,8 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
             "—" if row["solved"] is None else f"{row['solved']}/{row['n']}",
             "—" if steps is None else str(round(steps)),
             row["device"] or "—",
+            "—" if row.get("collapsed") is None else f"{row['collapsed']}/{row['n']}",
+            row.get("checkpoint") or "—",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -313,7 +332,7 @@ def to_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     keys = group_columns(rows)
     columns = [*keys, "metric", "n"] + [f"{name}_{s}" for name, _ in STATS for s in ("mean", "std")]
-    columns += ["solved", "device"]
+    columns += ["solved", "device", "collapsed", "checkpoint"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
