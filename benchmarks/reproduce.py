@@ -1,6 +1,15 @@
 """Rerun the papers' table rows and collect the results beside the papers' numbers.
 
     python benchmarks/reproduce.py --plan cpu-short [--jobs 2] [--only skip_rnn/adding]
+    python benchmarks/reproduce.py --plan paper-cpu --jobs 2     # the long campaign (CPU-days)
+    python benchmarks/reproduce.py --plan stability --jobs 2     # docs/stability.md
+    python benchmarks/reproduce.py --plan paper-cpu --status     # what is done, partial, not started
+
+Every plan is resumable with the same command: a run with a result.json is skipped, a run with
+a checkpoint continues from it (``adaptrnn train --resume``, bit-exact on the CPU), any other
+run starts afresh; the script can be killed at any moment. The long plans and their recipes
+are in ``benchmarks/campaign_plans.py``; their runs go to ``runs/reproduce/<plan>/`` and
+``benchmarks/results/runs/<plan>/``.
 
 Each row is one config under ``configs/`` run for several seeds with the plan's step count
 (and learning rate, where the plan trades the papers' lr 1e-4 for a shorter run: every such
@@ -15,28 +24,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaptrnn.report import aggregate, collect_runs, to_csv, to_markdown
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # campaign_plans beside this script
+
+from campaign_plans import PAPER_CPU, STABILITY, Row  # noqa: E402
+
+from adaptrnn.report import aggregate, collect_runs, tested_checkpoint, to_csv, to_markdown  # noqa: E402
+from adaptrnn.runinfo import collapse_record  # noqa: E402
+from adaptrnn.train import CHECKPOINTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LIGHT_FILES = ("config.yaml", "metrics.jsonl", "result.json", "samples.npz")
-
-
-@dataclass
-class Row:
-    """One table row: a config, the seeds, and the plan's overrides (``--set`` pairs)."""
-
-    config: str  # relative to configs/, without .yaml
-    seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int | None = None
-    overrides: dict[str, str] = field(default_factory=dict)
 
 
 def rows(group: str, names: list[str], **kw) -> list[Row]:
@@ -138,7 +143,11 @@ PLANS: dict[str, list[Row]] = {
             overrides=LOGIC,
         ),
     ],
+    "paper-cpu": PAPER_CPU,
+    "stability": STABILITY,
 }
+# Where each plan's runs go, below runs/reproduce/ and benchmarks/results/runs/.
+PLAN_FOLDERS = {"cpu-short": "", "paper-cpu": "paper_cpu/", "stability": "stability/"}
 
 
 # The tables of docs/results.md: (run folders under benchmarks/results/runs/, report's group-by keys).
@@ -150,16 +159,50 @@ TABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "vc_rnn_char_lm": (("vc_rnn/",), "task,model"),
     "act_parity": (("act/parity_", "act_long/", "act_small/"), "task,size,model,time_penalty,train_steps"),
     "act_logic": (("act/logic_",), "task,model,time_penalty"),
+    "paper_cpu_skip_rnn_adding": (("paper_cpu/skip_rnn/adding_",), "task,model,budget,lr,graph"),
+    "paper_cpu_skip_rnn_frequency": (("paper_cpu/skip_rnn/frequency_",), "task,duration_ms,model,budget,lr,graph"),
+    "paper_cpu_act_parity": (("paper_cpu/act/",), "task,layout,model,time_penalty,lr,train_steps"),
+    "paper_cpu_sa_rnn_adding_t500": (("paper_cpu/sa_rnn/",), "task,model,budget,lr,detach_gate_state"),
+    "paper_cpu_vc_rnn_char_lm": (("paper_cpu/vc_rnn/",), "task,model,target,penalty"),
+    "stability": (("stability/",), "task,length,duration_ms,model,lr,graph,detach_gate_state"),
 }
 RUN_COLUMNS = (
     "run_dir task model seed train_steps metric value solved updates_fraction updates_per_sequence "
-    "flops_per_sequence dense_flops_per_sequence inference_ms_per_sequence wall_s diverged"
+    "flops_per_sequence dense_flops_per_sequence inference_ms_per_sequence wall_s diverged "
+    "penalty lr batch_size checkpoint collapsed final_val_value graph gate_init detach_gate_state layout"
 ).split()
+PENALTIES = ("budget", "time_penalty", "penalty")  # Skip/SA λ, ACT τ, VC penalty weight
+# Options added after some committed runs were made: a config.yaml without the key ran with the
+# code's only behaviour at the time, written here (Skip's graph, SA's init, parity's layout).
+LEGACY_OPTIONS = {"graph": "paper-carried", "gate_init": "open", "detach_gate_state": False, "layout": "random"}
 
 
-def write_tables() -> None:
+def run_columns(run: dict) -> dict:
+    """The per-run columns of all_runs.csv beyond result.json's own (see RUN_COLUMNS)."""
+    from adaptrnn.model import model_options
+    from adaptrnn.tasks import TASKS, task_options
+
+    config = run["config"]
+    method, task_opts = config.get("method_options", {}), config.get("task_options", {})
+    extra = {
+        "penalty": next((method[k] for k in PENALTIES if k in method), None),
+        "lr": config.get("lr"),
+        "batch_size": config.get("batch_size"),
+        "checkpoint": tested_checkpoint(run),
+    }
+    if run.get("collapsed") is None:  # a result from before the flag: the same rule on its metrics.jsonl
+        task = TASKS.get(run["task"])
+        if task is not None:
+            extra.update(collapse_record(Path(run["run_dir"]) / "metrics.jsonl", task.higher_is_better))
+    for key, legacy in LEGACY_OPTIONS.items():
+        applies = key in model_options(run["model"]) or key in task_options(run["task"])
+        extra[key] = method.get(key, task_opts.get(key, legacy)) if applies else None
+    return extra
+
+
+def write_tables(results: Path = RESULTS) -> None:
     """``tables/NAME.md|csv`` (mean ± std over seeds) and ``all_runs.csv`` (one line per run)."""
-    runs_root = RESULTS / "runs"
+    runs_root = results / "runs"
     everything = []
     for name, (prefixes, group_by) in TABLES.items():
         dirs = sorted(d for prefix in prefixes for d in runs_root.glob(f"{prefix}*") if d.is_dir())
@@ -168,49 +211,60 @@ def write_tables() -> None:
         runs = collect_runs(dirs)
         everything += runs
         rows = aggregate(runs, group_by.split(","))
-        (RESULTS / "tables").mkdir(exist_ok=True)
-        (RESULTS / "tables" / f"{name}.md").write_text(to_markdown(rows))
-        to_csv(rows, RESULTS / "tables" / f"{name}.csv")
-    with (RESULTS / "all_runs.csv").open("w", newline="") as f:
+        (results / "tables").mkdir(exist_ok=True)
+        (results / "tables" / f"{name}.md").write_text(to_markdown(rows))
+        to_csv(rows, results / "tables" / f"{name}.csv")
+    with (results / "all_runs.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(RUN_COLUMNS)
         for run in everything:
-            run = {**run, "run_dir": str(Path(run["run_dir"]).relative_to(ROOT))}
+            run = {**run, **run_columns(run)}
+            run["run_dir"] = str(Path(run["run_dir"]).resolve().relative_to(results.resolve().parents[1]))
             writer.writerow(["" if run.get(c) is None else run.get(c) for c in RUN_COLUMNS])
 
 
-def run_row(row: Row, seed: int, runs_dir: Path, dry: bool) -> Path:
-    """Train one (row, seed) unless its result exists; copy its light files to the results."""
-    out = runs_dir / row.config / f"s{seed}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "adaptrnn.cli",
-        "train",
-        "--config",
-        str(ROOT / "configs" / f"{row.config}.yaml"),
-        "--seed",
-        str(seed),
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+def run_state(out: Path) -> str:
+    """The state of a run folder: done (result.json), resume (a checkpoint to continue) or fresh."""
+    if (out / "result.json").is_file():
+        return "done"
+    if (out / CHECKPOINTS / "last").is_dir():
+        return "resume"
+    return "fresh"
+
+
+def config_path(row: Row) -> Path:
+    return Path(row.config) if row.config.endswith(".yaml") else ROOT / "configs" / f"{row.config}.yaml"
+
+
+def train_command(row: Row, seed: int, out: Path, state: str) -> list[str]:
+    """The ``adaptrnn train`` command for a run; a resumed run uses its own config.yaml."""
+    cmd = [sys.executable, "-m", "adaptrnn.cli", "train", "--out", str(out), "--no-progress"]
+    if state == "resume":
+        return [*cmd, "--resume"]
+    cmd += ["--config", str(config_path(row)), "--seed", str(seed)]
     if row.steps is not None:
         cmd += ["--steps", str(row.steps)]
     for key, value in row.overrides.items():
         cmd += ["--set", f"{key}={value}"]
-    print(" ".join(cmd[1:]), flush=True)
+    return cmd
+
+
+def run_row(row: Row, seed: int, runs_dir: Path, dry: bool, folder: str = "", results: Path = RESULTS) -> Path:
+    """Train one (row, seed) unless its result exists, resuming a partial run; copy its light files."""
+    out = runs_dir / folder / row.folder / f"s{seed}"
+    state = run_state(out)
+    cmd = train_command(row, seed, out, state)
+    print(f"[{state}] " + " ".join(cmd[1:]), flush=True)
     if dry:
         return out
-    if not (out / "result.json").is_file():
-        resume = ["--resume"] if (out / "config.yaml").is_file() else []
-        if resume:  # an interrupted run continues from its last checkpoint, with its own config
-            cmd = cmd[:4] + ["--seed", str(seed), "--out", str(out), "--no-progress", "--resume"]
+    if state != "done":
+        if state == "fresh" and (out / CHECKPOINTS).exists():
+            shutil.rmtree(out / CHECKPOINTS)  # killed while writing its first checkpoint: nothing to keep
         code = subprocess.run(cmd, cwd=ROOT).returncode
         if not (out / "result.json").is_file():
             print(f"FAILED (exit {code}): {out}", flush=True)
             return out  # a diverged run (exit 1) still has a result: its best checkpoint's
-    dest = RESULTS / "runs" / row.config / f"s{seed}"
+    dest = results / "runs" / folder / row.folder / f"s{seed}"
     dest.mkdir(parents=True, exist_ok=True)
     for name in LIGHT_FILES:
         if (out / name).is_file():
@@ -218,23 +272,50 @@ def run_row(row: Row, seed: int, runs_dir: Path, dry: bool) -> Path:
     return out
 
 
+def run_plan(
+    plan: list[Row], runs_dir: Path, folder: str = "", jobs: int = 1, dry: bool = False, results: Path = RESULTS
+) -> None:
+    """Every (row, seed) of ``plan``, ``jobs`` at a time; finished runs are skipped."""
+    work = [(row, seed) for row in plan for seed in row.seeds]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(run_row, row, seed, runs_dir, dry, folder, results) for row, seed in work]:
+            future.result()
+
+
+def print_status(plan: list[Row], runs_dir: Path, folder: str) -> None:
+    """One line per run: its state and, for a partial run, the last logged step."""
+    counts: dict[str, int] = {}
+    for row in plan:
+        for seed in row.seeds:
+            out = runs_dir / folder / row.folder / f"s{seed}"
+            state = run_state(out)
+            counts[state] = counts.get(state, 0) + 1
+            lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []
+            step = json.loads(lines[-1])["step"] if lines else 0
+            print(f"{state:7s} step {step:>8} / {row.steps or 'config'}  {out}")
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", default="cpu-short", choices=sorted(PLANS))
     parser.add_argument(
-        "--only", action="append", default=[], help="run only rows whose config starts with this (repeatable)"
+        "--only", action="append", default=[], help="run only rows whose folder starts with this (repeatable)"
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one CPU thread each)")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "reproduce"))
-    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--dry-run", action="store_true", help="print each run's state and command only")
+    parser.add_argument("--status", action="store_true", help="print each run's state (done/resume/fresh) and stop")
     parser.add_argument("--tables-only", action="store_true", help="only rebuild benchmarks/results/tables")
     args = parser.parse_args()
     prefixes = tuple(args.only) or ("",)
-    jobs = [(row, seed) for row in PLANS[args.plan] if row.config.startswith(prefixes) for seed in row.seeds]
+    plan = [row for row in PLANS[args.plan] if row.folder.startswith(prefixes)]
+    folder = PLAN_FOLDERS[args.plan]
+    if args.status:
+        print_status(plan, Path(args.runs_dir), folder)
+        return 0
     if not args.tables_only:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for future in [pool.submit(run_row, row, seed, Path(args.runs_dir), args.dry_run) for row, seed in jobs]:
-                future.result()
+        run_plan(plan, Path(args.runs_dir), folder, args.jobs, args.dry_run)
     if not args.dry_run:
         write_tables()
     return 0

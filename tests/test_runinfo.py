@@ -24,6 +24,8 @@ from test_train import metrics, tiny
         ([0.5, 0.9, 0.99, 0.8], True, False),  # gave back 0.19 of 0.49: a dip, not a collapse
         ([0.5, 0.9, 0.99, 0.99], True, False),
         ([0.50, 0.51, 0.49, 0.495], True, False),  # never learned: noise at chance is no collapse
+        ([0.486, 0.46, 0.531, 0.502], False, False),  # parity error wandering around 0.5 (act_long/ run)
+        ([0.97, 0.978, 0.971, 0.487], True, True),  # frequency T=100 gate closed (skip_rnn/ run)
         ([0.17, 0.001, 0.0012], False, False),  # MSE noise after solving
         ([0.17, 0.001, 0.15], False, True),  # MSE back up
         ([0.001, 0.0009, 0.17], False, True),  # a good start, then lost: the final is the worst

@@ -5,10 +5,11 @@ Collapse rule (:func:`detect_collapse`), on the run's validation values v_1..v_n
 that lower is better (accuracy negated): with best b = min, worst w = max and final f = v_n,
 the run *collapsed* when
 
-    f − b > ½·(w − b)   and   w − b ≥ 0.1·max(|w|, |b|)
+    f − b > ½·(w − b)   and   w − b ≥ ¼·max(|w|, |b|)
 
 — the last validation gave back more than half of the range the run covered, and that range is
-more than noise (at least 10% of the metric's scale; a run that stays at chance is not flagged).
+more than noise (at least a quarter of the metric's scale: a run that stays at chance, its
+validation wandering by a few points, is not flagged).
 A NaN final validation after a finite one counts as a collapse. Runs whose table row shows the
 best checkpoint must say so: result.json's ``checkpoint`` / ``checkpoint_step`` name it.
 """
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 COLLAPSE_GIVE_BACK = 0.5  # fraction of the covered range the final validation may give back
-COLLAPSE_MIN_RANGE = 0.1  # the covered range, relative to the metric's scale, that counts as learning
+COLLAPSE_MIN_RANGE = 0.25  # the covered range, relative to the metric's scale, that counts as learning
 GROUPS = ("cell", "gate", "head")
 # The recurrent stack's parameters that belong to the plain cells (torch.nn names), ACT's flag
 # column of the input weights and the learned initial state; every other one is the method's gate.

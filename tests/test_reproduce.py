@@ -1,0 +1,120 @@
+"""benchmarks/reproduce.py: plans resolve, finished runs are skipped, partial runs resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adaptrnn.config import load_config_file, make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
+reproduce = importlib.util.module_from_spec(spec)
+sys.modules["reproduce"] = reproduce
+spec.loader.exec_module(reproduce)
+Row = reproduce.Row
+
+
+@pytest.mark.parametrize("plan", sorted(reproduce.PLANS))
+def test_every_row_of_every_plan_resolves(plan):
+    folders = [row.folder for row in reproduce.PLANS[plan]]
+    assert len(folders) == len(set(folders)), "two rows would share a run folder"
+    for row in reproduce.PLANS[plan]:
+        config = make_config(
+            load_config_file(reproduce.config_path(row)),
+            {"steps": row.steps},
+            [f"{k}={v}" for k, v in row.overrides.items()],
+        )
+        assert config.steps == (row.steps or config.steps)
+
+
+def test_paper_cpu_plan_has_the_issue_rows():
+    rows = {row.folder: row for row in reproduce.PLANS["paper-cpu"]}
+    for name in ("adding_skip_lstm_l1e-5", "adding_skip_gru_l1e-5"):
+        row = rows[f"skip_rnn/{name}"]
+        assert len(row.seeds) >= 3 and "graph" not in row.overrides  # the default graph: official
+    for tau in ("1e-2", "1e-3"):
+        row = rows[f"act/parity_act_rnn_t{tau}"]
+        assert len(row.seeds) >= 4 and row.overrides.get("layout", "random") == "random"
+        assert rows[f"act/prefix_parity_act_rnn_t{tau}"].overrides["layout"] == "prefix"
+    stability = [row.overrides for row in reproduce.PLANS["stability"]]
+    assert {o["lr"] for o in stability} == {"1e-4", "1e-3"}
+    assert {o.get("graph") for o in stability} >= {"official", "paper-carried", "paper"}
+    assert {o.get("detach_gate_state") for o in stability} >= {"true", "false"}
+
+
+def tiny_plan(tmp_path: Path) -> list:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "task": "adding",
+                "model": "skip-gru",
+                "task_options": {"length": 8, "val_size": 32, "test_size": 32},
+                "hidden_size": 8,
+                "batch_size": 8,
+                "eval_batch_size": 32,
+                "device": "cpu",
+            }
+        )
+    )
+    sets = {"eval_every": "2", "log_every": "2", "lr": "1e-2"}
+    return [
+        Row(str(config), seeds=(0,), steps=4, overrides=sets, name="tiny_a"),
+        Row(str(config), seeds=(1,), steps=4, overrides={**sets, "graph": "paper"}, name="tiny_b"),
+    ]
+
+
+def test_resumable_campaign_skips_resumes_and_restarts(tmp_path, monkeypatch):
+    plan, runs, results = tiny_plan(tmp_path), tmp_path / "runs", tmp_path / "results"
+    a, b = runs / "p" / "tiny_a" / "s0", runs / "p" / "tiny_b" / "s1"
+    assert reproduce.run_state(a) == "fresh"
+    reproduce.run_plan(plan, runs, "p/", results=results)
+    for out in (a, b):
+        assert reproduce.run_state(out) == "done"
+        copied = results / "runs" / "p" / out.parent.name / out.name
+        assert json.loads((copied / "result.json").read_text())["train_steps"] == 4
+    assert json.loads((b / "result.json").read_text())["config"]["method_options"]["graph"] == "paper"
+
+    # a finished plan launches nothing
+    calls = []
+    real_run = subprocess.run
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(cmd, **kw))
+    reproduce.run_plan(plan, runs, "p/", results=results)
+    assert calls == []
+
+    # killed after a checkpoint (result.json not yet written): continues with --resume, its own config
+    (a / "result.json").unlink()
+    before = (a / "metrics.jsonl").read_text()
+    assert reproduce.run_state(a) == "resume"
+    reproduce.run_plan(plan, runs, "p/", results=results)
+    assert len(calls) == 1 and "--resume" in calls[0] and "--config" not in calls[0]
+    assert (a / "metrics.jsonl").read_text() == before  # nothing after step 4 to redo
+    assert json.loads((a / "result.json").read_text())["train_steps"] == 4
+
+    # killed before its first checkpoint was complete: starts afresh with the row's command
+    (b / "result.json").unlink()
+    shutil.rmtree(b / "checkpoints" / "last")
+    assert reproduce.run_state(b) == "fresh"
+    reproduce.run_plan(plan, runs, "p/", results=results)
+    assert len(calls) == 2 and "--resume" not in calls[1] and "graph=paper" in calls[1]
+    assert reproduce.run_state(b) == "done"
+
+
+def test_tables_gain_penalty_lr_checkpoint_and_collapse_columns(tmp_path):
+    plan, results = tiny_plan(tmp_path), tmp_path / "results"
+    reproduce.run_plan(plan[:1], tmp_path / "runs", "paper_cpu/skip_rnn/adding_", results=results)
+    reproduce.write_tables(results)
+    lines = (results / "all_runs.csv").read_text().splitlines()
+    header, row = lines[0].split(","), dict(zip(lines[0].split(","), lines[1].split(","), strict=True))
+    for column in ("penalty", "lr", "checkpoint", "collapsed", "graph"):
+        assert column in header
+    assert row["lr"] == "0.01" and row["penalty"] == "0.0" and row["graph"] == "official"
+    assert row["checkpoint"].startswith("best@") and row["collapsed"] in ("True", "False")
