@@ -307,10 +307,22 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="print each run's state and command only")
     parser.add_argument("--status", action="store_true", help="print each run's state (done/resume/fresh) and stop")
     parser.add_argument("--tables-only", action="store_true", help="only rebuild benchmarks/results/tables")
+    parser.add_argument(
+        "--smoke",
+        type=int,
+        metavar="STEPS",
+        help="check the plan: every row, first seed, STEPS steps, under runs/smoke/ (results not touched)",
+    )
     args = parser.parse_args()
     prefixes = tuple(args.only) or ("",)
     plan = [row for row in PLANS[args.plan] if row.folder.startswith(prefixes)]
     folder = PLAN_FOLDERS[args.plan]
+    if args.smoke:
+        smoke = {"eval_every": str(args.smoke), "log_every": str(args.smoke), "eval_batches": "1"}
+        plan = [Row(r.config, r.seeds[:1], args.smoke, {**r.overrides, **smoke}, r.folder) for r in plan]
+        runs = ROOT / "runs" / "smoke"
+        run_plan(plan, runs, folder, args.jobs, args.dry_run, results=runs / "results")
+        return 0
     if args.status:
         print_status(plan, Path(args.runs_dir), folder)
         return 0

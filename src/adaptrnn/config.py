@@ -47,10 +47,10 @@ class TrainConfig:
         2-core machine two threads spin waiting for each other (measured: adding, skip-lstm,
         batch 256, 0.3 s per step with one thread, 15 s with two).
     flush_denormal: flush subnormal floats to zero on the CPU. Gradients that vanish back
-        through hundreds of steps turn subnormal, and CPU arithmetic on them is slow (measured by
-        benchmarks/subnormal_backward.py: nn.LSTM forward + backward at B=128, T=784, H=110 takes
-        3.0 s with subnormals, 0.72 s flushed); values below ~1e-38 carry nothing a float32
-        update could use.
+        through hundreds of steps can turn subnormal, and CPU arithmetic on them can be slow
+        (benchmarks/subnormal_backward.py: the gain depends on the CPU and the weights; see
+        docs/speed.md and benchmarks/results/subnormal_backward_threads1.txt, where a rerun found
+        none); values below ~1e-38 carry nothing a float32 update could use.
     sharpness_final: VCRNN sharpness reached at the last step by a linear ramp from the
         ``sharpness`` option (None = constant).
     slope_epoch_steps: steps per "epoch" of the SA-RNN slope schedule

@@ -64,7 +64,8 @@ class SkipRNN(RecurrentBase):
     Parameters beyond ``torch.nn``'s: ``update_weight`` (D,) and ``update_bias`` () of eq. 4
     (bias initialised to 1), and the learned initial state ``initial_cell`` (L, K, D).
     One gate serves the whole stack, computed from the top layer: from its cell state c
-    for the LSTM (as the official code), from h otherwise.
+    for the LSTM (as the official code), from h otherwise — of the candidate or of the gated
+    state as ``graph`` says (equal values: at an update the gated state is the candidate).
 
     Stats: ``updates`` is u_t; extras ``update_prob`` (B, T) is ũ_t.
     State extras: ``update_prob`` (B,) ũ for the next step, ``delta_prob`` (B,) the last Δũ.
