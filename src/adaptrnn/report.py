@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .console import output_path
+
 REQUIRED_KEYS = ("task", "model", "metric", "value", "updates_fraction", "flops_per_sequence", "train_steps", "wall_s")
 # Config entries that never distinguish one configuration from another (repeats, plumbing).
 IGNORED_CONFIG_KEYS = frozenset(
@@ -345,8 +347,7 @@ def run(args: argparse.Namespace) -> int:
     table = to_markdown(rows)
     print(table, end="")
     if args.out:
-        prefix = Path(args.out)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
+        prefix = output_path(args.out)
         prefix.with_name(prefix.name + ".md").write_text(table)
         to_csv(rows, prefix.with_name(prefix.name + ".csv"))
     return 0
