@@ -154,6 +154,14 @@ def test_bench_errors(extra, fragments, capsys, tmp_path):
     assert not out.exists()
 
 
+def test_report_group_by_a_key_no_run_has(run_dir, capsys):
+    assert main(["report", str(run_dir), "--group-by", "task,model,bugdet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--group-by: no run has bugdet; e.g. task, model, seed" in err
+    assert "budget" in err
+    assert main(["report", str(run_dir), "--group-by", "task,model,budget"]) == 0
+
+
 def test_eval_split_has_help_and_bench_shapes_help_names_no_missing_file(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import adaptrnn as ar
+from adaptrnn.config import load_config_file, make_config
 from adaptrnn.fast.skip import skip_inference
 from adaptrnn.methods.skip import RandomSkipRNN
-from adaptrnn.options import RULES, check_option
+from adaptrnn.model import parse_model_name
+from adaptrnn.options import RULES, check_option, check_options
 from conftest import DTYPE, METHOD_NAMES, B, D, I, T, make_module, random_input
 
 NAN = float("nan")
@@ -152,3 +156,13 @@ def test_float64_input_into_a_float32_module_one_message_on_every_path(method: s
     if method == "skip":
         with pytest.raises(TypeError, match=DTYPE_MESSAGE):
             skip_inference(m, x)
+
+
+def test_every_shipped_config_and_stored_run_passes_the_option_checks() -> None:
+    root = Path(__file__).resolve().parent.parent
+    paths = [*(root / "configs").rglob("*.yaml"), *(root / "benchmarks" / "results" / "runs").rglob("config.yaml")]
+    assert len(paths) > 100
+    for path in paths:
+        config = make_config(load_config_file(path))
+        cls = parse_model_name(config.model)[0]
+        check_options(cls, {**cls.OPTIONS, **config.method_options}, cls.OPTIONS)
