@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -78,19 +77,16 @@ def test_resume_extends_a_finished_run(run_dir, tmp_path, capsys):
     assert_one_line_error(capsys, main(train_args(copy)), "already holds a run", "--resume")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("adaptrnn.report") is None, reason="report module not written yet")
 def test_report_command(run_dir, capsys):
     assert main(["report", str(run_dir)]) == 0
     assert "skip-gru" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(importlib.util.find_spec("adaptrnn.plot") is None, reason="plot module not written yet")
 def test_plot_command(run_dir, tmp_path):
     assert main(["plot", str(run_dir), "--out", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("adaptrnn.dial") is None, reason="dial module not written yet")
 def test_dial_command(run_dir, tmp_path):
     out = tmp_path / "dial.csv"
     args = ["dial", "--run", str(run_dir), "--values", "0.5,0.9", "--max-batches", "1", "--repeats", "1"]
@@ -98,7 +94,6 @@ def test_dial_command(run_dir, tmp_path):
     assert len(out.read_text().splitlines()) == 3  # header + one row per value
 
 
-@pytest.mark.skipif(importlib.util.find_spec("adaptrnn.bench") is None, reason="bench module not written yet")
 def test_bench_command(tmp_path):
     out = tmp_path / "bench.csv"
     args = ["bench", "--quick", "--device", "cpu", "--methods", "skip", "--modes", "infer", "--fractions", "1"]

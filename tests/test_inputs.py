@@ -48,7 +48,7 @@ def test_dropout_out_of_range(method: str, dropout: float) -> None:
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
-    [("max_steps", 0, "max_steps must be >= 1"), ("epsilon", 1.0, r"epsilon must be in \[0, 1\)")],
+    [("max_steps", 0, "max_steps must be an integer >= 1"), ("epsilon", 1.0, r"epsilon must be in \[0, 1\)")],
 )
 def test_act_option_ranges(option: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):

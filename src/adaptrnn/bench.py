@@ -31,12 +31,14 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .cells import CELLS
+from .config import ConfigError
+from .console import output_path
 from .layer import RecurrentBase, RecurrentState
 from .methods import METHODS
 
@@ -60,32 +62,89 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=",".join(ADAPTIVE), help="comma-separated adaptive methods")
     parser.add_argument("--modes", default="train,infer", help="train, infer or both")
     parser.add_argument("--fractions", help="comma-separated computation fractions (default 1,0.5,0.2,0.1)")
-    parser.add_argument("--shapes", help="semicolon-separated B,T,I,H (default: SPEED.md's shapes for the device)")
+    parser.add_argument(
+        "--shapes",
+        help="semicolon-separated B,T,I,H, e.g. '256,50,2,110;1,1000,40,256' (default on a CPU: "
+        + ";".join(",".join(map(str, s)) for s in CPU_SHAPES)
+        + ", on a GPU: "
+        + ";".join(",".join(map(str, s)) for s in CUDA_SHAPES)
+        + "; docs/speed.md explains them)",
+    )
     parser.add_argument("--repeats", type=int, help="timed calls per row, median reported (default 7; quick 2)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: all cores)")
 
 
+def choices(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma-separated list of names from ``allowed``; ConfigError naming the flag otherwise."""
+    items = [item.strip() for item in text.split(",")]
+    bad = [item for item in items if item not in allowed]
+    if bad:
+        raise ConfigError(f"{flag}: unknown {', '.join(map(repr, bad))}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_shapes(text: str) -> list[tuple[int, ...]]:
+    """``B,T,I,H;B,T,I,H...`` as tuples of four positive ints."""
+    shapes = []
+    for item in text.split(";"):
+        try:
+            shape = tuple(int(v) for v in item.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 4 or min(shape) < 1:
+            raise ConfigError(f"--shapes: {item!r} is not B,T,I,H (four positive integers, e.g. 256,50,2,110)")
+        shapes.append(shape)
+    return shapes
+
+
+def parse_fractions(text: str) -> list[float]:
+    """Computation fractions in (0, 1]."""
+    fractions = []
+    for item in text.split(","):
+        try:
+            fraction = float(item)
+        except ValueError:
+            fraction = math.nan
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"--fractions: {item.strip()!r} is not a fraction in (0, 1]")
+        fractions.append(fraction)
+    return fractions
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available")
+    return torch.device(name)
+
+
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
+    cells = choices("--cells", args.cells, CELLS)
+    methods = choices("--methods", args.methods, ADAPTIVE)
+    modes = choices("--modes", args.modes, ("train", "infer"))
+    for flag in ("repeats", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.shapes:
-        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+        shapes = parse_shapes(args.shapes)
     else:
         shapes = QUICK_SHAPES if args.quick else CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
-    fractions = (
-        [float(f) for f in args.fractions.split(",")] if args.fractions else (1.0, 0.2) if args.quick else FRACTIONS
-    )
+    fractions = parse_fractions(args.fractions) if args.fractions else (1.0, 0.2) if args.quick else FRACTIONS
     repeats = args.repeats or (2 if args.quick else 7)
     rows = []
     for shape in shapes:
-        for cell in args.cells.split(","):
-            for mode in args.modes.split(","):
-                rows += bench_shape(device, cell, shape, mode, args.methods.split(","), fractions, repeats)
+        for cell in cells:
+            for mode in modes:
+                rows += bench_shape(device, cell, shape, mode, methods, fractions, repeats)
     print_table(rows)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as f:
+        with open(output_path(args.out), "w", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS)
             writer.writeheader()
             writer.writerows(rows)

@@ -1,15 +1,17 @@
 """The ``adaptrnn`` command: train, eval, and the report/plot/bench/dial commands of their modules.
 
-Errors the user can cause print one line ``adaptrnn: error: ...`` on stderr and exit with 2.
+Errors the user can cause print one line ``adaptrnn: error: ...`` on stderr and exit with 2;
+a ``train`` that fails that way leaves no run directory behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import importlib.metadata
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +42,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser(command: str | None = None) -> Parser:
     """The argument parser; a delegated command's module is imported only when it is ``command``."""
     parser = Parser(prog="adaptrnn", description="Recurrent networks that learn to spend less computation.")
+    parser.add_argument("--version", action="version", version=f"adaptrnn {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
@@ -63,16 +66,49 @@ def build_parser(command: str | None = None) -> Parser:
 
     evaluate = sub.add_parser("eval", help="recompute a run's metric from its best checkpoint")
     evaluate.add_argument("--run", required=True, help="run directory")
-    evaluate.add_argument("--split", default="test", choices=("val", "test"))
+    evaluate.add_argument(
+        "--split", default="test", choices=("val", "test"), help="the data to evaluate on: val or test (default)"
+    )
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
     for name, help_text in DELEGATED.items():
-        if importlib.util.find_spec(f"adaptrnn.{name}") is None:
-            continue  # that command's module is not part of this installation
         delegated = sub.add_parser(name, help=help_text)
         if name == command:
             importlib.import_module(f"adaptrnn.{name}").add_arguments(delegated)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (the source tree's when run without installing)."""
+    try:
+        return importlib.metadata.version("adaptrnn")
+    except importlib.metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """``adaptrnn train``: :func:`run_train`, leaving no half-made run directory on a user error."""
+    out = Path(args.out)
+    check_out_dir(out)
+    fresh = not out.exists()
+    try:
+        return run_train(args)
+    except (ConfigError, CheckpointError):
+        if fresh and not args.resume:  # found after the folder was made (e.g. by the first batch)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def check_out_dir(out: Path) -> None:
+    """A run directory must be a directory (or not exist yet), and so must the folders above it."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "" if path == out else f" (in --out {out})"
+                raise ConfigError(f"--out: {path} is a file, not a folder{where}; choose another --out")
+            return
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -123,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser(command).parse_args(argv)
         if args.command == "train":
-            return run_train(args)
+            return train_command(args)
         if args.command == "eval":
             return run_eval(args)
         return int(importlib.import_module(f"adaptrnn.{args.command}").run(args))
@@ -133,6 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+    except OSError as err:
+        if err.filename is None:
+            raise  # not about a path the user named: a real failure, keep its traceback
+        # A path given on the command line that cannot be read or written (permissions, a file
+        # where a folder is needed, a full disk): the system's reason, in one line.
+        print(f"adaptrnn: error: {err.filename}: {err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

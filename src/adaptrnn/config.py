@@ -9,6 +9,7 @@ A ``--set`` key is routed to the trainer fields, the task's options or the metho
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -98,7 +99,16 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 TRAINER_FIELDS = tuple(
     f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("task_options", "method_options")
 )
-_POSITIVE = ("hidden_size", "num_layers", "embed_size", "steps", "batch_size", "log_every", "eval_every")
+_POSITIVE = (
+    "hidden_size",
+    "num_layers",
+    "embed_size",
+    "steps",
+    "batch_size",
+    "log_every",
+    "eval_every",
+    "eval_batch_size",
+)
 _TRUE, _FALSE, _NONE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}, {"none", "null", "~"}
 
 
@@ -321,8 +331,16 @@ def _validate(config: TrainConfig) -> None:
     for key in _POSITIVE:
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
-    if config.lr <= 0 or config.grad_clip < 0 or config.weight_decay < 0:
-        raise ConfigError("lr must be > 0; grad_clip and weight_decay must be >= 0")
+    # Written so that NaN fails every check; grad_clip may be inf (no clipping, as 0).
+    for key, ok, allowed in (
+        ("lr", 0 < config.lr < math.inf, "a finite number > 0"),
+        ("grad_clip", config.grad_clip >= 0, "a number >= 0 (0 or inf: no clipping)"),
+        ("weight_decay", 0 <= config.weight_decay < math.inf, "a finite number >= 0"),
+        ("sharpness_final", config.sharpness_final is None or 0 < config.sharpness_final < math.inf,
+         "a finite number > 0 or none"),
+    ):  # fmt: skip
+        if not ok:
+            raise ConfigError(f"{key} must be {allowed}, got {getattr(config, key)}")
     if config.optimizer not in ("adam", "adamw"):
         raise ConfigError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):

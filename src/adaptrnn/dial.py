@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
+from .console import output_path
 from .evaluation import evaluate_split, measure_inference
+from .options import check_option
 from .train import load_run
 
 KNOBS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -51,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag in ("max_batches", "time_batch", "repeats"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     model, task, config, device, _ = load_run(args.run, args.device)
     rnn = model.rnn
     default_knob, default_values = KNOBS.get(type(rnn).__name__, (None, ()))
@@ -58,11 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if knob is None or knob not in rnn.options:
         valid = ", ".join(k for k in ("threshold", "scale", "epsilon", "max_steps", "skip_prob") if k in rnn.options)
         raise ConfigError(f"model {config.model!r} has no compute knob {knob!r}; valid: {valid or 'none (dense)'}")
-    kind = int if knob in INTEGER_KNOBS else float
-    values = [kind(v) for v in args.values.split(",")] if args.values else [kind(v) for v in default_values]
+    values = parse_values(args.values, type(rnn), knob) if args.values else list(default_values)
     rows = sweep(model, task, config, device, knob, values, args)
-    out = Path(args.out) if args.out else Path(args.run) / "dial.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = output_path(args.out) if args.out else Path(args.run) / "dial.csv"
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
@@ -76,6 +79,24 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
+
+
+def parse_values(text: str, cls: type, knob: str) -> list[float | int]:
+    """``--values`` as numbers, each checked against the option's allowed range (``adaptrnn.options``)."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise ConfigError(f"--values: {item.strip()!r} is not a number (give e.g. --values 0.5,0.7,0.9)") from None
+        if knob in INTEGER_KNOBS and value.is_integer():
+            value = int(value)
+        try:
+            check_option(cls, knob, value)
+        except ValueError as err:
+            raise ConfigError(f"--values: {err}") from None
+        values.append(value)
+    return values
 
 
 def sweep(model, task, config, device, knob: str, values: list, args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .cells import GATES, STATE_PARTS, cell_step, check_cell, step_macs
+from .options import check_options
 
 
 @dataclass
@@ -103,6 +104,7 @@ class RecurrentBase(nn.Module):
             valid = ", ".join(self.OPTIONS) or "none"
             raise ValueError(f"{type(self).__name__}: unknown option(s) {', '.join(unknown)}; valid: {valid}")
         self.options = {**self.OPTIONS, **options}
+        check_options(type(self), self.options, self.OPTIONS)  # one table of allowed values: options.py
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.dropout, self.bias = batch_first, dropout, bias
         self.state_parts = STATE_PARTS[cell]
@@ -215,6 +217,8 @@ class RecurrentBase(nn.Module):
         for name, value in extras.items():
             if value.shape[:1] != (batch,):
                 raise ValueError(f"state extra {name!r} has shape {tuple(value.shape)}, batch is {batch}")
+        if not all(bool(torch.isfinite(t).all()) for t in (cell, *extras.values()) if t.is_floating_point()):
+            raise ValueError("state contains NaN or inf")  # it would spread to every later output
         return RecurrentState(cell.to(x.dtype), extras)
 
     # ---- input checks ----------------------------------------------------------------
@@ -227,6 +231,14 @@ class RecurrentBase(nn.Module):
             raise ValueError(f"input must be 3-D {layout}, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
+        param = self.weight_ih_l0
+        if x.dtype != param.dtype or x.device != param.device:
+            # Checked here, before any path runs, so that the reference loop and every fast path
+            # give this message instead of each its own from deep inside torch.
+            raise TypeError(
+                f"input is {x.dtype} on {x.device}, the module's parameters are {param.dtype} on {param.device}; "
+                f"convert one to match, e.g. x.to(module.weight_ih_l0)"
+            )
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input has {x.shape[-1]} features, the module expects input_size={self.input_size}")
         if 0 in x.shape[:2]:

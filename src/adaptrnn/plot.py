@@ -1,7 +1,5 @@
-"""``adaptrnn plot``: Pareto plots, update patterns, computation per character, training curves.
-
-Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot state), and
-saved without tight bounding boxes so an image is exactly ``figsize × DPI`` pixels.
+"""``adaptrnn plot``: Pareto plots (``adaptrnn.pareto``), update patterns, computation per
+character, training curves. Figures: see ``adaptrnn.figure``.
 """
 
 from __future__ import annotations
@@ -16,74 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PatchCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .report import (
-    aggregate,
-    collect_runs,
-    find_metric_dirs,
-    find_run_dirs,
-    format_value,
-    group_columns,
-    method_family,
-    read_metrics,
-)
+from .figure import DPI, Size  # noqa: F401 (DPI: plot's API)
+from .figure import new_figure as _figure
+from .figure import save_figure as _save
+from .pareto import FAMILY_STYLE, lower_is_better, pareto_front, plot_pareto  # noqa: F401 (plot's API)
+from .report import find_metric_dirs, find_run_dirs, read_metrics
 
-DPI = 100
 KINDS = ("auto", "pareto", "pattern", "text", "curves")
-FAMILY_STYLE = {
-    "dense": ("o", "tab:gray"),
-    "random-skip": ("X", "tab:brown"),
-    "skip": ("s", "tab:blue"),
-    "act": ("^", "tab:red"),
-    "vc": ("D", "tab:green"),
-    "sa": ("v", "tab:purple"),
-}
-HIGHER_IS_BETTER = ("accuracy", "acc", "map", "auc", "f1")
 # Skip RNN paper, MNIST figure: used pixels red, skipped ones blue, brightness from the pixel.
 USED_RGB, SKIPPED_RGB = np.array([1.0, 0.15, 0.1]), np.array([0.2, 0.35, 1.0])
-Size = tuple[float, float] | None
-
-
-def lower_is_better(metric: str) -> bool:
-    """Direction of a metric from its name: accuracy-like metrics are higher-better, the rest
-    (mse, sequence_error, bpc, losses) lower-better."""
-    return metric.lower() not in HIGHER_IS_BETTER
-
-
-def pareto_front(points: Sequence[tuple[float, float]], lower_is_better: bool) -> list[int]:
-    """Indices of the non-dominated (cost, metric) points, by increasing cost.
-
-    Cost is always lower-better; a point is dominated when another is no worse in both and
-    strictly better in one. Points with a NaN coordinate are never on the front.
-    """
-    sign = 1.0 if lower_is_better else -1.0
-    pts = [(float(c), sign * float(m)) for c, m in points]
-    front = []
-    for i, (c, m) in enumerate(pts):
-        if math.isnan(c) or math.isnan(m):
-            continue
-        if not any(c2 <= c and m2 <= m and (c2 < c or m2 < m) for c2, m2 in pts):
-            front.append(i)
-    return sorted(front, key=lambda i: pts[i])
-
-
-def _figure(figsize: tuple[float, float]) -> Figure:
-    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    return out
 
 
 def _result_info(run_dir: Path) -> dict[str, Any]:
@@ -302,67 +247,6 @@ def plot_curves(run_dirs: Sequence[str | Path], out: str | Path, *, figsize: Siz
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
-    return _save(fig, out)
-
-
-def _row_label(row: dict[str, Any], keys: list[str]) -> str:
-    options = [f"{k}={format_value(row[k])}" for k in keys if k not in ("task", "model") and row.get(k) is not None]
-    return " ".join([str(row["model"]), *options])
-
-
-def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, figsize: Size = None) -> Path:
-    """Task metric against computation, one row of panels per task, mean ± std over seeds.
-
-    Left: counted updates fraction; right (when any run measured it): inference ms per
-    sequence. One marker and colour per method family; the dashed line joins the Pareto front.
-    """
-    rows = aggregate(collect_runs(run_dirs))
-    keys = group_columns(rows)
-    tasks = sorted({str(row["task"]) for row in rows})
-    measured = any(row["inference_ms_per_sequence_mean"] is not None for row in rows)
-    xs = [("updates_fraction", "updates fraction (counted)")]
-    if measured:
-        devices = ", ".join(sorted({row["device"] for row in rows if row["device"]})) or "device unknown"
-        xs.append(("inference_ms_per_sequence", f"inference ms / sequence (measured; {devices})"))
-    fig = _figure(figsize or (6.5 * len(xs), 4.8 * len(tasks)))
-    axes = fig.subplots(len(tasks), len(xs), squeeze=False)
-    for t, task in enumerate(tasks):
-        task_rows = [row for row in rows if row["task"] == task]
-        metric = task_rows[0]["metric"]
-        lower = lower_is_better(metric)
-        for c, (stat, xlabel) in enumerate(xs):
-            ax = axes[t, c]
-            shown = [row for row in task_rows if row[f"{stat}_mean"] is not None]
-            families = set()
-            for row in shown:
-                family = method_family(str(row["model"]))
-                marker, colour = FAMILY_STYLE[family]
-                x, y = row[f"{stat}_mean"], row["value_mean"]
-                ax.errorbar(
-                    x,
-                    y,
-                    xerr=row[f"{stat}_std"] or 0.0,
-                    yerr=row["value_std"] or 0.0,
-                    fmt=marker,
-                    color=colour,
-                    capsize=3,
-                    label=None if family in families else family,
-                )
-                families.add(family)
-                ax.annotate(_row_label(row, keys), (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-            front = pareto_front([(row[f"{stat}_mean"], row["value_mean"]) for row in shown], lower)
-            if len(front) > 1:
-                fx = [shown[i][f"{stat}_mean"] for i in front]
-                fy = [shown[i]["value_mean"] for i in front]
-                ax.plot(fx, fy, "--", color="0.5", lw=1, zorder=0, label="Pareto front")
-            ax.set_xlabel(xlabel)
-            values = [row["value_mean"] for row in shown]
-            if metric == "mse" and min(values) > 0 and max(values) > 20 * min(values):
-                ax.set_yscale("log")  # errors spanning decades: "solved" and "not solved" both legible
-            ax.set_ylabel(f"{metric} ({'lower' if lower else 'higher'} is better)")
-            ax.set_title(task, fontsize=10)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
     return _save(fig, out)
 
 

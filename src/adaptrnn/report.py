@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .console import output_path
+
 REQUIRED_KEYS = ("task", "model", "metric", "value", "updates_fraction", "flops_per_sequence", "train_steps", "wall_s")
 # Config entries that never distinguish one configuration from another (repeats, plumbing).
 IGNORED_CONFIG_KEYS = frozenset(
@@ -192,6 +194,11 @@ def _lookup(run: dict[str, Any], key: str) -> Any:
     return _normalise(run["config"].get(key))
 
 
+def _known(run: dict[str, Any], key: str) -> bool:
+    """Whether ``key`` names something of ``run`` (see :func:`_lookup`)."""
+    return key in run or key in run["options"] or key in run["config"]
+
+
 def default_group_by(runs: Sequence[dict[str, Any]]) -> list[str]:
     """task, model, then every option set to two or more values among the runs of one task.
 
@@ -360,12 +367,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"adaptrnn report: error: {err}", file=sys.stderr)
         return 2
     group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else None
+    unknown = [k for k in group_by or () if not any(_known(run, k) for run in runs)]
+    if unknown:
+        options = sorted({k for run in runs for k in run["options"]})
+        valid = ", ".join(["task", "model", "seed", *options])
+        print(f"adaptrnn report: error: --group-by: no run has {', '.join(unknown)}; e.g. {valid}", file=sys.stderr)
+        return 2
     rows = aggregate(runs, group_by)
     table = to_markdown(rows)
     print(table, end="")
     if args.out:
-        prefix = Path(args.out)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
+        prefix = output_path(args.out)
         prefix.with_name(prefix.name + ".md").write_text(table)
         to_csv(rows, prefix.with_name(prefix.name + ".csv"))
     return 0

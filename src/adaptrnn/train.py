@@ -34,7 +34,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from .checkpoint import (
     atomic_write,
@@ -46,6 +45,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig, load_config_file, make_config, save_config
+from .console import progress_bar
 from .evaluation import evaluate_split, measure_inference, sample_arrays, solved, valid_steps
 from .layer import RecurrentState
 from .model import SequenceModel, build_model, count_parameters, set_schedule_values
@@ -65,7 +65,9 @@ def build_task(config: TrainConfig) -> Task:
     """The task of ``config``; data problems (missing files, bad options) become ConfigError."""
     options = {k: v for k, v in config.task_options.items() if v is not None}  # None: the task's default
     try:
-        return make_task(config.task, seed=config.seed, **options)
+        task = make_task(config.task, seed=config.seed, **options)
+        task.check_batch_size(config.batch_size)
+        return task
     except (ValueError, TypeError, OSError) as err:
         raise ConfigError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
 
@@ -109,7 +111,7 @@ class Trainer:
         config: the resolved configuration.
         out_dir: the run directory; must not hold a run unless ``resume``.
         resume: continue from ``out_dir/checkpoints/last``.
-        progress: show a tqdm progress bar (rank 0).
+        progress: show progress on rank 0 (a bar on a terminal, plain lines otherwise).
     Raises:
         ConfigError / CheckpointError for problems the user can fix.
     """
@@ -160,7 +162,7 @@ class Trainer:
         """
         cfg, main = self.config, self.rank == 0
         writer = self._open_logs() if main else None
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and self.progress), desc="train")
+        bar = progress_bar(cfg.steps, self.step, enabled=main and self.progress, desc="train")
         start = time.perf_counter() - self.elapsed
         self.diverged = None
         try:

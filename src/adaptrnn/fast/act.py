@@ -43,11 +43,10 @@ def act_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) 
         out[t] = cell[-1, :, 0]
     steps, remainders = steps.t(), remainders.t()  # (B, T)
     ponder_cost = steps + remainders
-    macs_per_ponder = sum(module.dense_step_macs()) + module.hidden_size
     stats = Stats(
         steps,
         module.options["time_penalty"] * ponder_cost.sum(1).mean(),
-        steps.sum(1) * macs_per_ponder,
+        steps.sum(1) * module.ponder_macs(),
         {"ponder": ponder_cost, "remainder": remainders},
     )
     return out, RecurrentState(cell), stats

@@ -22,13 +22,17 @@ class ACTRNN(RecurrentBase):
         max_steps: M, the cap on ponder steps (100).
         epsilon: ε; halting when Σ h ≥ 1 - ε (0.01).
         halting_bias_init: initial b_h (1.0, so early training ponders little).
+        halting_input: what the halting unit reads as the state s_t^n: "h" (default) the top
+            layer's h; "state" the whole state, every layer's h and, for the LSTM, c (L·K·D
+            values: the paper's s_t^n is the network's state, which includes the LSTM's memory
+            cells). ``halting_weight`` has D or L·K·D entries accordingly.
         impl: "auto" drops halted rows at inference (``adaptrnn.fast.act``; eval mode under
             ``torch.no_grad()``), "reference" always runs this loop.
 
     Every ponder step runs the whole stack; layer 0 sees the input plus a flag that is 1
     only at n = 1. The flag's weights are ``flag_weight`` (G*D,), a column kept apart from
     ``weight_ih_l0`` so that ``torch.nn`` weights load unchanged; it starts at 0. The halting
-    unit ``σ(halting_weight · h + halting_bias)`` reads the top layer's h. States (h and c
+    unit is ``σ(halting_weight · s + halting_bias)`` (s per ``halting_input``). States (h and c
     of every layer) are combined mean-field with the weights p_t^n, so the output (the top
     h) is the mean-field combination too.
 
@@ -38,24 +42,41 @@ class ACTRNN(RecurrentBase):
     has halted; the fast path (``adaptrnn.fast``) removes that synchronisation.
     """
 
-    OPTIONS = {"time_penalty": 1e-3, "max_steps": 100, "epsilon": 0.01, "halting_bias_init": 1.0, "impl": "auto"}
+    OPTIONS = {
+        "time_penalty": 1e-3,
+        "max_steps": 100,
+        "epsilon": 0.01,
+        "halting_bias_init": 1.0,
+        "halting_input": "h",
+        "impl": "auto",
+    }
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
-        if int(self.options["max_steps"]) < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.options['max_steps']!r}")
-        if not 0.0 <= float(self.options["epsilon"]) < 1.0:
-            raise ValueError(f"epsilon must be in [0, 1), got {self.options['epsilon']!r}")
         rows = self.weight_ih_l0.shape[0]
         self.flag_weight = nn.Parameter(torch.zeros(rows))
-        self.halting_weight = nn.Parameter(torch.empty(hidden_size))
+        # The halting unit reads D values (top h) or the whole state: L·K·D (every layer's h, c).
+        reads = hidden_size if self.options["halting_input"] == "h" else num_layers * self.state_parts * hidden_size
+        self.halting_weight = nn.Parameter(torch.empty(reads))
         self.halting_bias = nn.Parameter(torch.full((), float(self.options["halting_bias_init"])))
-        bound = 1.0 / hidden_size**0.5
+        bound = 1.0 / reads**0.5
         nn.init.uniform_(self.halting_weight, -bound, bound)
 
     def halting_prob(self, cell: Tensor) -> Tensor:
-        """h_t^n = σ(W_h s_t^n + b_h) from the top layer's h. cell: (L, B, K, D) -> (B,)."""
-        return torch.sigmoid(cell[-1, :, 0] @ self.halting_weight + self.halting_bias)
+        """h_t^n = σ(W_h s_t^n + b_h). cell: (L, B, K, D) -> (B,).
+
+        s_t^n is the top layer's h (``halting_input="h"``) or the whole state, every layer's
+        h and (LSTM) c flattened layer by layer (``"state"``).
+        """
+        if self.options["halting_input"] == "h":
+            features = cell[-1, :, 0]  # (B, D)
+        else:
+            features = cell.transpose(0, 1).reshape(cell.shape[1], -1)  # (B, L·K·D)
+        return torch.sigmoid(features @ self.halting_weight + self.halting_bias)
+
+    def ponder_macs(self) -> int:
+        """Multiply-adds of one ponder step: the whole stack plus the halting unit's dot product."""
+        return sum(self.dense_step_macs()) + self.halting_weight.numel()
 
     def ponder(self, gx: Tensor, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """All ponder steps of one input step.
@@ -115,7 +136,6 @@ class ACTRNN(RecurrentBase):
         remainder = (torch.stack(all_remainders) * weight).t()  # (B, T) R(t), differentiable
         ponder = steps + remainder
         cost = self.options["time_penalty"] * ponder.sum(1).mean()
-        macs_per_ponder = sum(self.dense_step_macs()) + self.hidden_size  # stack + halting unit
-        flops = steps.sum(1) * macs_per_ponder
+        flops = steps.sum(1) * self.ponder_macs()
         extras = {"ponder": ponder.detach(), "remainder": remainder.detach()}
         return torch.stack(outs), RecurrentState(cell), Stats(steps, cost, flops, extras)

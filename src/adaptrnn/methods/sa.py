@@ -33,7 +33,7 @@ class SARNN(RecurrentBase):
             averaged over the batch. 0 by default (the paper reports λ = 0 as reasonable).
         slope: α of the hard sigmoid at the start; anneal it with ``set_slope``
             (the paper: ``α = min(5, 1 + 0.04·epoch)``). 1.0.
-        threshold: u = 1[ũ > threshold]; 0.5 in the paper; the inference compute dial.
+        threshold: u = 1[ũ > threshold]; 0.5 in the paper; the inference compute dial, in [0, 1].
         impl: "auto" computes only the updating neurons' rows at inference
             (``adaptrnn.fast.sa``; eval mode under ``torch.no_grad()``), "reference" always runs this loop.
         gate_init: "official" (default), the official code's ``nn.Linear(I_k + D, D)`` init:

@@ -42,7 +42,8 @@ class SkipRNN(RecurrentBase):
         budget: λ of the budget loss ``λ Σ_t u_t`` (eq. 8), averaged over the batch. 0 by default.
         stochastic: sample ``u_t ~ Bernoulli(ũ_t)`` in training instead of rounding.
         threshold: ``u_t = 1[ũ_t > threshold]``; 0.5 is the paper's ``round`` (half to even:
-            ũ = 0.5 skips). Raise it at inference to update less (the compute dial).
+            ũ = 0.5 skips). Raise it at inference to update less (the compute dial); in [0, 1],
+            where 1 updates never.
         impl: "auto" jumps from update to update at inference (``adaptrnn.fast.skip``; eval
             mode under ``torch.no_grad()``), "reference" always runs this loop.
         graph: which straight-through gradient graph training uses (METHODS.md §1). The three
@@ -178,8 +179,6 @@ class RandomSkipRNN(SkipRNN):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
-        if not 0.0 <= float(self.options["skip_prob"]) <= 1.0:
-            raise ValueError(f"skip_prob must be in [0, 1], got {self.options['skip_prob']!r}")
         self.options = {**SkipRNN.OPTIONS, **self.options}
         self.update_weight.requires_grad_(False)
         self.update_bias.requires_grad_(False)

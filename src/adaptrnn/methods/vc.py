@@ -62,11 +62,18 @@ class VCRNN(RecurrentBase):
 
     Each layer has its own scheduler ``m_t = σ(u·h_{t-1} + v·x_t + b)``: parameters
     ``scheduler_h_l{k}`` (D,), ``scheduler_x_l{k}`` (I_k,), ``scheduler_bias_l{k}`` ().
-    Soft version: the cell reads ``e_t ⊙ h_{t-1}`` and the new state (h and c) is
-    ``e_t ⊙ S + (1 - e_t) ⊙ s_{t-1}``. The input x_t is not masked (for a one-hot or
-    embedded input, masking it would discard information). Hard version: the same with
-    the binary mask of the first d_t dimensions, which is what computing only the upper-left
-    blocks of the weights gives (``adaptrnn.fast`` does that).
+    Soft version: the recurrent matrix product reads ``e_t ⊙ h_{t-1}`` (``W_hh (e_t ⊙ h_{t-1})``,
+    for every gate), while the cell's own carry reads the raw previous state: the GRU's
+    ``z ⊙ h_{t-1}`` and the LSTM's ``f ⊙ c_{t-1}``. The new state (h and c) is then
+    ``e_t ⊙ S + (1 - e_t) ⊙ s_{t-1}``. Why the carry is not masked: where the hard version
+    computes a dimension, e_i = 1 and masking changes nothing, so either choice has the same hard
+    limit; but in the soft version a masked carry would leave a GRU dimension
+    ``e_i(1 - z_i) n_i + (e_i² z_i + 1 - e_i) h_i``, weights summing to less than 1: a decay
+    towards 0 of every partly masked dimension that neither the plain GRU nor the hard version
+    has. Unmasked, each new value is a convex combination of the candidate n_i and h_i.
+    The input x_t is not masked (for a one-hot or embedded input, masking it would discard
+    information). Hard version: the binary mask of the first d_t dimensions, which is what
+    computing only the upper-left blocks of the weights gives (``adaptrnn.fast`` does that).
 
     Stats: ``updates`` is the mean over layers of d_t/D (soft: Σ_i e_i / D); extras
     ``scheduler`` (B, T) is m_t (mean over layers).

@@ -71,6 +71,10 @@ class Task:
         """The fixed ``"val"`` or ``"test"`` set, in batches."""
         raise NotImplementedError
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """Raise ValueError if training batches of ``batch_size`` cannot be drawn (e.g. a corpus
+        too small), so that the trainer says so before it starts, not at its first step."""
+
     def loss(self, pred: Tensor, batch: Batch) -> Tensor:
         """Scalar training loss. ``pred``: (B, num_outputs), or (B, T, num_outputs) if per_step."""
         raise NotImplementedError

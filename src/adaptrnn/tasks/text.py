@@ -163,9 +163,13 @@ class CharLMTask(Task):
         if chunks < 1:
             raise ValueError(
                 f"char-lm: training split ({self.data['train'].numel()} chars) too short for "
-                f"batch_size={batch_size} x bptt={self.bptt}"
+                f"batch_size={batch_size} x bptt={self.bptt}: it needs batch_size x (bptt + 1) = "
+                f"{batch_size * (self.bptt + 1)}; lower --set batch_size or bptt, or use a longer corpus"
             )
         return chunks
+
+    def check_batch_size(self, batch_size: int) -> None:
+        self.num_train_chunks(batch_size)
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         k = step % self.num_train_chunks(batch_size)
