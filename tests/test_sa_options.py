@@ -36,7 +36,7 @@ def test_open_init_starts_with_every_neuron() -> None:
     assert torch.equal(m.update_bias_l0, torch.full((64,), 0.5))
     _, _, stats = m(torch.zeros(1, 1, 2))
     assert stats.updates.mean() == 1.0
-    with pytest.raises(ValueError, match="gate_init must be one of official, open"):
+    with pytest.raises(ValueError, match="SARNN: gate_init must be official or open, got .zero."):
         ar.SARNN("gru", 2, 64, gate_init="zero")
 
 

@@ -166,7 +166,7 @@ def test_graphs_share_the_forward_pass_but_not_the_gradient(cell: str) -> None:
 
 def test_default_is_official_and_a_bad_graph_is_refused() -> None:
     assert ar.SkipRNN("gru", I, D).options["graph"] == "official"
-    with pytest.raises(ValueError, match="graph must be one of official, paper-carried, paper"):
+    with pytest.raises(ValueError, match="SkipRNN: graph must be official, paper-carried or paper, got .ours."):
         ar.SkipRNN("gru", I, D, graph="ours")
 
 

@@ -106,6 +106,10 @@ RULES: dict[str | tuple[str, str], Rule] = {
     "stochastic": Rule("bool"),
     "hard": Rule("optional_bool"),
     "impl": Rule("choice", choices=("auto", "reference", "fast")),
+    # Skip: the straight-through gradient graph (methods/skip.py); SA: the gate's init and graph.
+    "graph": Rule("choice", choices=("official", "paper-carried", "paper")),
+    "gate_init": Rule("choice", choices=("official", "open")),
+    "detach_gate_state": Rule("bool"),
 }
 
 

@@ -21,9 +21,6 @@ def hard_sigmoid(z: Tensor, slope: float) -> Tensor:
     return ((slope * z + 1) / 2).clamp(0.0, 1.0)
 
 
-GATE_INITS = ("official", "open")  # SARNN(gate_init=...); the first is the default
-
-
 class SARNN(RecurrentBase):
     """A recurrent stack in which each neuron decides at each step whether to update.
 
@@ -67,8 +64,6 @@ class SARNN(RecurrentBase):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
-        if self.options["gate_init"] not in GATE_INITS:
-            raise ValueError(f"gate_init must be one of {', '.join(GATE_INITS)}, got {self.options['gate_init']!r}")
         self.register_buffer("slope", torch.tensor(float(self.options["slope"])))
         for layer in range(num_layers):
             in_size = input_size if layer == 0 else hidden_size

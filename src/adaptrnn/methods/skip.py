@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..cells import input_projection
 from ..fast import use_fast
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
+from ..options import RULES
 
 
 def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
@@ -32,7 +33,7 @@ def steps_to_skip(delta_prob: Tensor, threshold: float = 0.5) -> Tensor:
 
 
 # The straight-through gradient graphs of ``SkipRNN(graph=...)``; the first is the default.
-GRAPHS = ("official", "paper-carried", "paper")
+GRAPHS = RULES["graph"].choices
 
 
 class SkipRNN(RecurrentBase):
@@ -77,9 +78,6 @@ class SkipRNN(RecurrentBase):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
-        graph = self.options.get("graph", GRAPHS[0])  # RandomSkipRNN adds SkipRNN's options later
-        if graph not in GRAPHS:
-            raise ValueError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
         self.update_weight = nn.Parameter(torch.empty(hidden_size))
         self.update_bias = nn.Parameter(torch.ones(()))
         self.initial_cell = nn.Parameter(torch.zeros(num_layers, self.state_parts, hidden_size))
