@@ -1,0 +1,142 @@
+"""Exportable steps of the methods that decide for the whole stack: dense, Skip RNN, ACT.
+
+Each step takes one input x_t and the recurrent state, and returns the head's output, the
+new state and the method's per-step quantities, for a batch B (batch 1 is the streaming
+case). The savings are control flow in the step itself, so they survive ``torch.jit.script``
+and the TorchScript-based ONNX exporter (a scripted ``if`` becomes an ONNX ``If``, a
+``while`` an ONNX ``Loop``):
+
+- Skip RNN: the cell stack (and the input projection and embedding) run inside
+  ``if any(u_t)``; a step where no example updates only carries ũ forward (eq. 5).
+- ACT: the ponder steps are a loop that stops as soon as every example has halted.
+
+With B > 1 a branch runs when any example needs it and a per-example mask keeps the
+others' state, exactly as the reference does; the saving is then that of the union.
+"""
+
+
+import torch
+from torch import Tensor, nn
+
+from ..methods.act import ACTRNN
+from ..methods.skip import SkipRNN
+from ..model import SequenceModel
+from .parts import FeatureInput, Head, Stack, TokenInput
+
+
+def make_encoder(model: SequenceModel, dtype: torch.dtype) -> nn.Module:
+    """The layer-0 input: the embedding of a token model, else the features unchanged."""
+    if model.embedding is not None:
+        return TokenInput(model.embedding.weight.to(dtype))
+    return FeatureInput()
+
+
+class DenseStep(nn.Module):
+    """Dense stack: every layer every step.
+
+    forward(x (B, I) or (B,) ids, cell (L, B, K, D)) ->
+        y (B, O), cell_next (L, B, K, D), updates (B,) = 1.
+    """
+
+    def __init__(self, model: SequenceModel, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.encoder = make_encoder(model, dtype)
+        self.stack = Stack(model.rnn, dtype)
+        self.head = Head(model.head, dtype)
+
+    def forward(self, x: Tensor, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        new = self.stack(self.stack.first.project(self.encoder(x)), cell)
+        y = self.head(new[-1, :, 0])
+        return y, new, torch.ones_like(y[:, 0])
+
+
+class SkipStep(nn.Module):
+    """Skip RNN (METHODS.md §1): u_t = 1[ũ_t > threshold] (eq. 2), the stack runs only if some u_t = 1.
+
+    forward(x, cell (L, B, K, D), update_prob ũ_t (B,), delta_prob Δũ (B,)) ->
+        y (B, O), cell_next, update_prob_next ũ_{t+1}, delta_prob_next, updates u_t (B,),
+        update_prob_t ũ_t (B,) (the probability this step's decision was taken from).
+    """
+
+    threshold: float
+
+    def __init__(self, model: SequenceModel, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        rnn = model.rnn
+        assert isinstance(rnn, SkipRNN)
+        self.encoder = make_encoder(model, dtype)
+        self.stack = Stack(rnn, dtype)
+        self.head = Head(model.head, dtype)
+        self.threshold = float(rnn.options["threshold"])
+        self.register_buffer("update_weight", rnn.update_weight.detach().to(dtype).clone())
+        self.register_buffer("update_bias", rnn.update_bias.detach().to(dtype).clone())
+
+    def forward(
+        self, x: Tensor, cell: Tensor, update_prob: Tensor, delta_prob: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        u = (update_prob > self.threshold).to(cell.dtype)  # (B,) eq. 2
+        if bool((u > 0).any()):
+            candidate = self.stack(self.stack.first.project(self.encoder(x)), cell)
+            u4 = u.view(1, -1, 1, 1)
+            new_cell = u4 * candidate + (1 - u4) * cell  # eq. 3
+            top = new_cell[-1, :, -1]  # c for the LSTM, h otherwise (as SkipRNN.update_increment)
+            increment = torch.sigmoid(torch.matmul(top, self.update_weight) + self.update_bias)  # eq. 4
+            new_delta = u * increment + (1 - u) * delta_prob
+        else:  # every example skips: the state is copied, x_t is never read
+            new_cell = cell
+            new_delta = delta_prob
+        new_prob = u * new_delta + (1 - u) * (update_prob + torch.minimum(new_delta, 1 - update_prob))  # eq. 5
+        y = self.head(new_cell[-1, :, 0])
+        return y, new_cell, new_prob, new_delta, u, update_prob
+
+
+class ACTStep(nn.Module):
+    """ACT (METHODS.md §2): ponder steps in a loop that ends once every example has halted.
+
+    forward(x, cell (L, B, K, D)) -> y (B, O), cell_next (the mean-field state),
+        updates N(t) (B,), remainder R(t) (B,).
+    """
+
+    max_steps: int
+    threshold: float
+
+    def __init__(self, model: SequenceModel, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        rnn = model.rnn
+        assert isinstance(rnn, ACTRNN)
+        self.encoder = make_encoder(model, dtype)
+        self.stack = Stack(rnn, dtype)
+        self.head = Head(model.head, dtype)
+        self.max_steps = int(rnn.options["max_steps"])
+        self.threshold = 1.0 - float(rnn.options["epsilon"])
+        for name in ("flag_weight", "halting_weight", "halting_bias"):
+            self.register_buffer(name, getattr(rnn, name).detach().to(dtype).clone())
+
+    def forward(self, x: Tensor, cell: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        gx = self.stack.first.project(self.encoder(x))  # (B, G*D), the same for every ponder step
+        zeros = torch.zeros_like(gx[:, 0])  # (B,)
+        halted = zeros > 0
+        cum, steps, remainder = zeros, zeros, zeros
+        mean_cell = torch.zeros_like(cell)
+        s = cell
+        flag = torch.ones_like(self.halting_bias)  # the first-step flag of layer 0's input
+        n = torch.zeros_like(self.halting_bias)  # the ponder step, as a tensor so the graph can count
+        go = True
+        while go:
+            n = n + 1
+            s = self.stack(gx + flag * self.flag_weight, s)
+            flag = flag * 0
+            h = torch.sigmoid(torch.matmul(s[-1, :, 0], self.halting_weight) + self.halting_bias)
+            running = ~halted
+            # Halt at n if the sum would reach 1 - ε, or at the cap M.
+            stop = running & ((cum + h >= self.threshold) | (n >= self.max_steps))
+            go_on = running & ~stop
+            p = torch.where(stop, 1 - cum, torch.where(go_on, h, zeros))
+            mean_cell = mean_cell + p.view(1, -1, 1, 1) * s
+            remainder = torch.where(stop, 1 - cum, remainder)
+            steps = torch.where(stop, n + zeros, steps)
+            cum = torch.where(go_on, cum + h, cum)
+            halted = halted | stop
+            go = not bool(halted.all())
+        y = self.head(mean_cell[-1, :, 0])
+        return y, mean_cell, steps, remainder
