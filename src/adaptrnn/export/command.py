@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     path = export_run(args.run, args.format, args.out)
     info = read_interface(path)
-    print(f"wrote {path} ({args.format}, {info['method']} {info['cell']}): "
-          f"inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}")
+    print(
+        f"wrote {path} ({args.format}, {info['method']} {info['cell']}): "
+        f"inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}"
+    )
     return 0

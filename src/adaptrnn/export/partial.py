@@ -15,7 +15,7 @@ is the reference's order. With B > 1 the cut covers every example's part (the la
 the union of active neurons) and a per-example mask keeps the rest, as the reference does.
 """
 
-
+# No ``from __future__ import annotations``: TorchScript reads the annotations as real types.
 import torch
 from torch import Tensor, nn
 
@@ -117,7 +117,7 @@ class SALayer(nn.Module):
     def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         """x: (B, I) layer input; s: (B, K, D) -> new s (B, K, D), u_t (B, D) float."""
         h = s[:, 0]
-        likelihood = ((self.slope * (self.gate_diag * h + nn.functional.linear(x, self.gate_w, self.gate_b)) + 1) / 2)
+        likelihood = (self.slope * (self.gate_diag * h + nn.functional.linear(x, self.gate_w, self.gate_b)) + 1) / 2
         u = (likelihood.clamp(0.0, 1.0) > self.threshold).to(x.dtype)  # (B, D)
         rows = torch.nonzero(u.sum(0) > 0).reshape(-1)  # (n,) the active neurons of any example
         if rows.shape[0] == 0:

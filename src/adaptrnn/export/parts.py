@@ -10,7 +10,7 @@ arithmetic is that of ``adaptrnn.cells.pointwise`` (``torch.nn``'s gate order), 
 exported step agrees with the reference to float rounding.
 """
 
-
+# No ``from __future__ import annotations``: TorchScript reads the annotations as real types.
 import torch
 from torch import Tensor, nn
 

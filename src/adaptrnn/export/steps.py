@@ -14,7 +14,7 @@ With B > 1 a branch runs when any example needs it and a per-example mask keeps 
 others' state, exactly as the reference does; the saving is then that of the union.
 """
 
-
+# No ``from __future__ import annotations``: TorchScript reads the annotations as real types.
 import torch
 from torch import Tensor, nn
 
