@@ -82,6 +82,12 @@ def check_equal(got: dict[str, np.ndarray], want: dict[str, np.ndarray], method:
     if method == "skip":
         for name in ("update_prob_next", "delta_prob_next"):
             np.testing.assert_allclose(got[name], want[name], atol=ATOL, err_msg=name)
+        # skips_ahead: the run of skipped steps that follows each step, where it ends in the sequence
+        u = want["updates"]
+        for b, t in np.ndindex(u.shape):
+            after = np.flatnonzero(u[b, t + 1 :])
+            if len(after):
+                assert got["skips_ahead"][b, t] == after[0], (b, t, got["skips_ahead"][b], u[b])
     if method == "vc":  # d_t of each layer, averaged, is the reference's update fraction
         np.testing.assert_allclose(got["active_dims"].mean(0).T / 5, want["updates"], atol=1e-6)  # (L, T, B) stacked
 
@@ -110,6 +116,37 @@ def test_exported_step_equals_model(method, cell, batch):
         assert want["updates"].max() > 1, want["updates"]
     elif method != "dense":  # the decisions vary, so the saving paths were exercised
         assert want["updates"].min() < want["updates"].max(), want["updates"]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_skip_jump_over_skipped_steps_equals_model(cell):
+    """Batch 1: call the step only where it updates, jumping skips_ahead inputs with update_prob_ahead."""
+    model = make_model("skip", cell)
+    x = torch.randn(1, 40, model.rnn.input_size)
+    want = reference(model, x)
+    info = interface(model)
+    for run_step in (onnx_runner(model), torch_runner(script_step(model))):
+        state, t, calls = initial(model, 1), 0, 0
+        ys, updates = [], []
+        while t < x.shape[1]:
+            out = dict(zip(info["outputs"], run_step({"x": x[:, t].numpy(), **state}), strict=True))
+            calls += 1
+            jump = min(int(out["skips_ahead"][0]), x.shape[1] - t - 1)
+            ys += [out["y"]] * (1 + jump)  # skipped steps repeat the output
+            updates += [out["updates"][0]] + [0.0] * jump
+            if jump < int(out["skips_ahead"][0]):  # the sequence ends inside the jump
+                break
+            # in the step's input order (the TorchScript runner passes them by position)
+            state = {
+                "cell": out["cell_next"],
+                "update_prob": out["update_prob_ahead"],
+                "delta_prob": out["delta_prob_next"],
+            }
+            t += 1 + jump
+        np.testing.assert_allclose(np.stack(ys, 1), want["y"], atol=ATOL)
+        np.testing.assert_array_equal(np.array(updates)[None], want["updates"])
+        np.testing.assert_allclose(out["cell_next"], want["cell_next"], atol=ATOL)
+        assert calls == want["updates"].sum() < x.shape[1]  # one call per update
 
 
 def test_token_model_step_equals_model():

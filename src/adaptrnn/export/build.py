@@ -22,7 +22,11 @@ from .steps import ACTStep, DenseStep, SkipStep
 # method -> (step class, state tensors after x, per-step quantities after the new state)
 STEPS: dict[type, tuple[type[nn.Module], tuple[str, ...], tuple[str, ...]]] = {
     DenseRNN: (DenseStep, ("cell",), ("updates",)),
-    SkipRNN: (SkipStep, ("cell", "update_prob", "delta_prob"), ("updates", "update_prob_t")),
+    SkipRNN: (
+        SkipStep,
+        ("cell", "update_prob", "delta_prob"),
+        ("updates", "update_prob_t", "skips_ahead", "update_prob_ahead"),
+    ),
     ACTRNN: (ACTStep, ("cell",), ("updates", "remainder")),
     VCRNN: (VCStep, ("cell",), ("updates", "active_dims")),
     SARNN: (SAStep, ("cell",), ("updates", "neuron_mask")),
@@ -33,6 +37,8 @@ QUANTITIES = {
     "updates": "(B,) this step's computation relative to a dense step (stats.updates: Skip u_t, "
     "VC mean d_t/D, SA fraction of neurons, ACT N(t), dense 1)",
     "update_prob_t": "(B,) Skip RNN's ũ_t, from which u_t = 1[ũ_t > threshold] was taken",
+    "skips_ahead": "(B,) int64 Skip RNN: how many of the following steps will skip (a batch-1 stream may jump them)",
+    "update_prob_ahead": "(B,) Skip RNN: ũ after those skipped steps; feed it as update_prob after a jump",
     "remainder": "(B,) ACT's remainder R(t)",
     "active_dims": "(L, B) int64 VCRNN's d_t of each layer",
     "neuron_mask": "(B, D) SA-RNN's u_t of the top layer (1 = the neuron updated)",

@@ -59,7 +59,9 @@ def onnx_bytes(model: SequenceModel) -> bytes:
     dynamic = {"x": {0: "batch"}, "y": {0: "batch"}, "updates": {0: "batch"}}
     for name in info["inputs"][1:] + [n for n in info["outputs"] if n.endswith("_next")]:
         dynamic[name] = {1: "batch"} if name.startswith("cell") else {0: "batch"}
-    dynamic.update({n: {0: "batch"} for n in ("update_prob_t", "remainder", "neuron_mask")})
+    dynamic.update(
+        {n: {0: "batch"} for n in ("update_prob_t", "skips_ahead", "update_prob_ahead", "remainder", "neuron_mask")}
+    )
     dynamic["active_dims"] = {1: "batch"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():

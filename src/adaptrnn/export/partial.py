@@ -41,6 +41,9 @@ class VCLayer(nn.Module):
         for part in ("h", "x", "bias"):
             value = getattr(rnn, f"scheduler_{part}_l{layer}").detach().to(dtype).clone()
             self.register_buffer(f"scheduler_{part}", value)
+        w_hh = self.cell.w_hh.reshape(self.gates, self.hidden, self.hidden)
+        self.register_buffer("w_hh_t", w_hh.transpose(1, 2).contiguous())  # (G, D_in, D_out)
+        self.register_buffer("b_hh", self.cell.b_hh.reshape(self.gates, self.hidden).clone())
 
     def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         """x: (B, I) layer input; s: (B, K, D) -> new s (B, K, D), d_t (B,) int64."""
@@ -52,12 +55,13 @@ class VCLayer(nn.Module):
         batch, gates, width = x.shape[0], self.gates, self.hidden
         # e_t on the computed block: 1 on each example's first d_t dimensions.
         e = (torch.arange(1, top + 1, device=x.device).unsqueeze(0) <= d.unsqueeze(1)).to(x.dtype)  # (B, top)
-        w_ih = self.cell.w_ih.reshape(gates, width, -1)[:, :top].reshape(gates * top, -1)
-        b_ih = self.cell.b_ih.reshape(gates, width)[:, :top].reshape(gates * top)
-        w_hh = self.cell.w_hh.reshape(gates, width, width)[:, :top, :top].reshape(gates * top, top)
-        b_hh = self.cell.b_hh.reshape(gates, width)[:, :top].reshape(gates * top)
-        gx = nn.functional.linear(x, w_ih, b_ih).reshape(batch, gates, top)
-        gh = nn.functional.linear(e * h[:, :top], w_hh, b_hh).reshape(batch, gates, top)
+        # The input product is small (I columns): computed whole, its first d_t rows per gate kept.
+        gx = self.cell.project(x).reshape(batch, gates, width)[:, :, :top]  # (B, G, top)
+        # The recurrent product on the upper-left d_t x d_t block of each gate: the one weight
+        # slice (a copy in ONNX Runtime) and a batched product over the G gates.
+        block = self.w_hh_t[:, :top, :top]  # (G, top, top) = W_hh block transposed
+        gh = torch.matmul((e * h[:, :top]).unsqueeze(0), block) + self.b_hh[:, :top].unsqueeze(1)  # (G, B, top)
+        gh = gh.permute(1, 0, 2)  # (B, G, top)
         head = s[:, :, :top]  # (B, K, top)
         candidate = self.cell.pointwise(gx, gh, head)
         e3 = e.unsqueeze(1)  # masks h and c alike

@@ -55,10 +55,13 @@ class SkipStep(nn.Module):
 
     forward(x, cell (L, B, K, D), update_prob ũ_t (B,), delta_prob Δũ (B,)) ->
         y (B, O), cell_next, update_prob_next ũ_{t+1}, delta_prob_next, updates u_t (B,),
-        update_prob_t ũ_t (B,) (the probability this step's decision was taken from).
+        update_prob_t ũ_t (B,) (the probability this step's decision was taken from),
+        skips_ahead (B,) int64 how many of the following steps will skip (at most ``max_jump``),
+        update_prob_ahead (B,) ũ after those skipped steps (the state to resume from after a jump).
     """
 
     threshold: float
+    max_jump: int
 
     def __init__(self, model: SequenceModel, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -68,26 +71,41 @@ class SkipStep(nn.Module):
         self.stack = Stack(rnn, dtype)
         self.head = Head(model.head, dtype)
         self.threshold = float(rnn.options["threshold"])
+        self.max_jump = 4096
         self.register_buffer("update_weight", rnn.update_weight.detach().to(dtype).clone())
         self.register_buffer("update_bias", rnn.update_bias.detach().to(dtype).clone())
 
     def forward(
         self, x: Tensor, cell: Tensor, update_prob: Tensor, delta_prob: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        u = (update_prob > self.threshold).to(cell.dtype)  # (B,) eq. 2
-        if bool((u > 0).any()):
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        update = update_prob > self.threshold  # (B,) eq. 2
+        u = update.to(cell.dtype)
+        if bool(update.any()):
             candidate = self.stack(self.stack.first.project(self.encoder(x)), cell)
             u4 = u.view(1, -1, 1, 1)
             new_cell = u4 * candidate + (1 - u4) * cell  # eq. 3
             top = new_cell[-1, :, -1]  # c for the LSTM, h otherwise (as SkipRNN.update_increment)
             increment = torch.sigmoid(torch.matmul(top, self.update_weight) + self.update_bias)  # eq. 4
             new_delta = u * increment + (1 - u) * delta_prob
-        else:  # every example skips: the state is copied, x_t is never read
+            new_prob = u * new_delta + (1 - u) * (update_prob + torch.minimum(new_delta, 1 - update_prob))  # eq. 5
+        else:  # every example skips: the state is copied, x_t is never read; eq. 5 with u = 0
             new_cell = cell
             new_delta = delta_prob
-        new_prob = u * new_delta + (1 - u) * (update_prob + torch.minimum(new_delta, 1 - update_prob))  # eq. 5
+            new_prob = update_prob + torch.minimum(delta_prob, 1 - update_prob)
+        # Look ahead (eq. 5 with u = 0, the same float arithmetic): how many of the following
+        # steps skip, and ũ at the end of that run. A batch-1 caller may jump over them without
+        # calling the step at all (docs/deploy.md); capped at max_jump per call.
+        ahead = new_prob
+        skips = torch.zeros_like(update_prob, dtype=torch.int64)
+        waiting = ~(ahead > self.threshold)
+        count = 0
+        while bool(waiting.any()) and count < self.max_jump:
+            skips = skips + waiting.to(torch.int64)
+            ahead = torch.where(waiting, ahead + torch.minimum(new_delta, 1 - ahead), ahead)
+            waiting = ~(ahead > self.threshold)
+            count += 1
         y = self.head(new_cell[-1, :, 0])
-        return y, new_cell, new_prob, new_delta, u, update_prob
+        return y, new_cell, new_prob, new_delta, u, update_prob, skips, ahead
 
 
 class ACTStep(nn.Module):
