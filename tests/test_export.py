@@ -82,11 +82,15 @@ def check_equal(got: dict[str, np.ndarray], want: dict[str, np.ndarray], method:
     if method == "skip":
         for name in ("update_prob_next", "delta_prob_next"):
             np.testing.assert_allclose(got[name], want[name], atol=ATOL, err_msg=name)
-        # skips_ahead: the run of skipped steps that follows each step, where it ends in the sequence
+        # skips_ahead: at a step where the stack ran, the run of skipped steps that follows
+        # (where it ends inside the sequence); -1 where every example skipped.
         u = want["updates"]
+        ran = u.max(0) > 0  # (T,)
         for b, t in np.ndindex(u.shape):
             after = np.flatnonzero(u[b, t + 1 :])
-            if len(after):
+            if not ran[t]:
+                assert got["skips_ahead"][b, t] == -1
+            elif len(after):
                 assert got["skips_ahead"][b, t] == after[0], (b, t, got["skips_ahead"][b], u[b])
     if method == "vc":  # d_t of each layer, averaged, is the reference's update fraction
         np.testing.assert_allclose(got["active_dims"].mean(0).T / 5, want["updates"], atol=1e-6)  # (L, T, B) stacked
@@ -168,7 +172,7 @@ def test_skip_state_continues_a_sequence_from_a_learned_initial_state():
 
 @pytest.mark.parametrize(
     "method, ops",
-    [("skip", {"If"}), ("act", {"Loop"}), ("vc", {"Slice"}), ("sa", {"NonZero", "Gather", "ScatterElements"})],
+    [("skip", {"If"}), ("act", {"Loop"}), ("vc", {"Slice", "If"}), ("sa", {"NonZero", "Gather", "ScatterElements"})],
 )
 def test_onnx_graph_keeps_the_saving(method, ops):
     counts = onnx_op_types(onnx_bytes(make_model(method, "lstm")))

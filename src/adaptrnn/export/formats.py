@@ -77,10 +77,32 @@ def onnx_bytes(model: SequenceModel) -> bytes:
             opset_version=OPSET,
         )
     proto = onnx.load_from_string(buffer.getvalue())
+    _distinct_branch_outputs(proto.graph, onnx)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info)
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
+
+
+def _distinct_branch_outputs(graph: Any, onnx: Any) -> None:
+    """Give every output of an If/Loop body its own value name.
+
+    The exporter lets two outputs of a branch name the same value (Skip RNN's skip branch
+    returns ũ as both ``update_prob_next`` and ``update_prob_ahead``); ONNX Runtime then returns
+    None for the second. An Identity node per repeated name fixes it.
+    """
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type != onnx.AttributeProto.GRAPH:
+                continue
+            body, seen = attr.g, set()
+            for index, output in enumerate(body.output):
+                if output.name in seen:
+                    copy = f"{output.name}_copy{index}"
+                    body.node.append(onnx.helper.make_node("Identity", [output.name], [copy]))
+                    output.name = copy
+                seen.add(output.name)
+            _distinct_branch_outputs(body, onnx)
 
 
 def save_onnx(model: SequenceModel, path: str | Path) -> Path:

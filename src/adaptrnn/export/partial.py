@@ -2,10 +2,11 @@
 
 The part to compute is known only at run time, so the weights are cut inside the step:
 
-- VCRNN (METHODS.md §3, hard mask): the first d_t = ceil(m_t·D) dimensions. The step
-  slices the first d_t rows of every gate block of W_ih and the upper-left d_t × d_t block of
-  W_hh with a runtime bound (ONNX ``Slice`` whose end is a tensor), so a step costs about
-  (d_t/D)² of the recurrent product and d_t/D of the input product.
+- VCRNN (METHODS.md §3, hard mask): the first d_t = ceil(m_t·D) dimensions. The recurrent
+  product uses the upper-left block of W_hh that covers d_t (``vc_blocks``: blocks stored at
+  eight sizes, chosen by nested ONNX ``If``), so it costs about (d_t/D)² of the dense one;
+  the input product (I columns, small) is computed whole and sliced (ONNX ``Slice`` with a
+  runtime end) to the first d_t rows of each gate, as are the state and the element-wise work.
 - SA-RNN (METHODS.md §4): the neurons with u_t,i = 1. The step gathers their rows of
   every gate block (ONNX ``Gather`` with runtime indices), computes them, and scatters the
   new values back (``ScatterElements``).
@@ -24,6 +25,7 @@ from ..methods.vc import VCRNN
 from ..model import SequenceModel
 from .parts import Head, Layer
 from .steps import make_encoder
+from .vc_blocks import BlockProduct
 
 
 class VCLayer(nn.Module):
@@ -41,9 +43,7 @@ class VCLayer(nn.Module):
         for part in ("h", "x", "bias"):
             value = getattr(rnn, f"scheduler_{part}_l{layer}").detach().to(dtype).clone()
             self.register_buffer(f"scheduler_{part}", value)
-        w_hh = self.cell.w_hh.reshape(self.gates, self.hidden, self.hidden)
-        self.register_buffer("w_hh_t", w_hh.transpose(1, 2).contiguous())  # (G, D_in, D_out)
-        self.register_buffer("b_hh", self.cell.b_hh.reshape(self.gates, self.hidden).clone())
+        self.recurrent = BlockProduct(self.cell.w_hh, self.cell.b_hh, self.gates, self.hidden)
 
     def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         """x: (B, I) layer input; s: (B, K, D) -> new s (B, K, D), d_t (B,) int64."""
@@ -53,15 +53,12 @@ class VCLayer(nn.Module):
         d = torch.ceil(m * self.hidden).long().clamp(1, self.hidden)  # (B,) d_t
         top = int(d.max())  # the runtime bound of the slices
         batch, gates, width = x.shape[0], self.gates, self.hidden
-        # e_t on the computed block: 1 on each example's first d_t dimensions.
-        e = (torch.arange(1, top + 1, device=x.device).unsqueeze(0) <= d.unsqueeze(1)).to(x.dtype)  # (B, top)
+        # e_t: 1 on each example's first d_t dimensions.
+        e = (torch.arange(1, width + 1, device=x.device).unsqueeze(0) <= d.unsqueeze(1)).to(x.dtype)  # (B, D)
         # The input product is small (I columns): computed whole, its first d_t rows per gate kept.
         gx = self.cell.project(x).reshape(batch, gates, width)[:, :, :top]  # (B, G, top)
-        # The recurrent product on the upper-left d_t x d_t block of each gate: the one weight
-        # slice (a copy in ONNX Runtime) and a batched product over the G gates.
-        block = self.w_hh_t[:, :top, :top]  # (G, top, top) = W_hh block transposed
-        gh = torch.matmul((e * h[:, :top]).unsqueeze(0), block) + self.b_hh[:, :top].unsqueeze(1)  # (G, B, top)
-        gh = gh.permute(1, 0, 2)  # (B, G, top)
+        gh = self.recurrent(e * h, top)  # (B, G, top)
+        e = e[:, :top]
         head = s[:, :, :top]  # (B, K, top)
         candidate = self.cell.pointwise(gx, gh, head)
         e3 = e.unsqueeze(1)  # masks h and c alike

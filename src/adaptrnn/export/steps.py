@@ -56,7 +56,8 @@ class SkipStep(nn.Module):
     forward(x, cell (L, B, K, D), update_prob ũ_t (B,), delta_prob Δũ (B,)) ->
         y (B, O), cell_next, update_prob_next ũ_{t+1}, delta_prob_next, updates u_t (B,),
         update_prob_t ũ_t (B,) (the probability this step's decision was taken from),
-        skips_ahead (B,) int64 how many of the following steps will skip (at most ``max_jump``),
+        skips_ahead (B,) int64 how many of the following steps will skip (at most ``max_jump``);
+        -1 at a step where every example skipped (not computed there),
         update_prob_ahead (B,) ũ after those skipped steps (the state to resume from after a jump).
     """
 
@@ -88,24 +89,29 @@ class SkipStep(nn.Module):
             increment = torch.sigmoid(torch.matmul(top, self.update_weight) + self.update_bias)  # eq. 4
             new_delta = u * increment + (1 - u) * delta_prob
             new_prob = u * new_delta + (1 - u) * (update_prob + torch.minimum(new_delta, 1 - update_prob))  # eq. 5
+            skips, ahead = self.look_ahead(new_prob, new_delta)
         else:  # every example skips: the state is copied, x_t is never read; eq. 5 with u = 0
             new_cell = cell
             new_delta = delta_prob
             new_prob = update_prob + torch.minimum(delta_prob, 1 - update_prob)
-        # Look ahead (eq. 5 with u = 0, the same float arithmetic): how many of the following
-        # steps skip, and ũ at the end of that run. A batch-1 caller may jump over them without
-        # calling the step at all (docs/deploy.md); capped at max_jump per call.
-        ahead = new_prob
-        skips = torch.zeros_like(update_prob, dtype=torch.int64)
-        waiting = ~(ahead > self.threshold)
+            skips, ahead = torch.full_like(update_prob, -1, dtype=torch.int64), new_prob  # not looked ahead
+        y = self.head(new_cell[-1, :, 0])
+        return y, new_cell, new_prob, new_delta, u, update_prob, skips, ahead
+
+    def look_ahead(self, prob: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """How many of the following steps skip, and ũ after them (eq. 5 with u = 0, the same float
+        arithmetic as stepping). Runs only where the stack ran, so a skipped step stays cheap; a
+        batch-1 caller may jump the skipped inputs without calling the step (docs/deploy.md).
+        At most ``max_jump`` steps per call (a Δũ that underflowed would never update again)."""
+        skips = torch.zeros_like(prob, dtype=torch.int64)
+        waiting = ~(prob > self.threshold)
         count = 0
         while bool(waiting.any()) and count < self.max_jump:
             skips = skips + waiting.to(torch.int64)
-            ahead = torch.where(waiting, ahead + torch.minimum(new_delta, 1 - ahead), ahead)
-            waiting = ~(ahead > self.threshold)
+            prob = torch.where(waiting, prob + torch.minimum(delta, 1 - prob), prob)
+            waiting = ~(prob > self.threshold)
             count += 1
-        y = self.head(new_cell[-1, :, 0])
-        return y, new_cell, new_prob, new_delta, u, update_prob, skips, ahead
+        return skips, prob
 
 
 class ACTStep(nn.Module):
