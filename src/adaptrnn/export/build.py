@@ -98,6 +98,8 @@ def interface(model: SequenceModel) -> dict[str, Any]:
         "hidden_size": rnn.hidden_size,
         "num_outputs": model.head.out_features,
         "x": "(B,) int64 token ids" if model.embedding is not None else f"(B, {rnn.input_size}) float32 features",
+        "input_size": None if model.embedding is not None else rnn.input_size,
+        "vocab_size": model.embedding.num_embeddings if model.embedding is not None else None,
         "inputs": ["x", *state_names],
         "outputs": ["y", *(f"{n}_next" for n in state_names), *quantities],
         "state": {n: f"{n}_next" for n in state_names},
