@@ -25,9 +25,9 @@ EXTRAS = {
 }
 
 
-def make_model(method: str, cell: str, vocab: int | None = None) -> SequenceModel:
+def make_model(method: str, cell: str, vocab: int | None = None, layers: int = 2, **options) -> SequenceModel:
     """A float32 task model with lively gates (conftest.make_module), 2 layers, a 2-wide head."""
-    rnn = make_module(method, cell, num_layers=2, batch_first=True).float()
+    rnn = make_module(method, cell, num_layers=layers, batch_first=True, **options).float()
     if method == "skip":  # skip more often than conftest's setting, so that batch 1 skips too
         with torch.no_grad():
             rnn.update_bias.fill_(-1.0)
@@ -151,6 +151,25 @@ def test_skip_jump_over_skipped_steps_equals_model(cell):
         np.testing.assert_array_equal(np.array(updates)[None], want["updates"])
         np.testing.assert_allclose(out["cell_next"], want["cell_next"], atol=ATOL)
         assert calls == want["updates"].sum() < x.shape[1]  # one call per update
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_one_layer_step_equals_model(method):
+    model = make_model(method, "lstm", layers=1)
+    x = torch.randn(1, T_SEQ, model.rnn.input_size)
+    got = stream(onnx_runner(model), interface(model), x.numpy(), initial(model, 1))
+    check_equal(got, reference(model, x), method)
+
+
+def test_act_ponder_loop_stops_at_max_steps():
+    model = make_model("act", "gru", max_steps=2)
+    with torch.no_grad():
+        model.rnn.halting_bias.fill_(-10.0)  # never halts by itself: N(t) = M = 2
+    x = torch.randn(2, T_SEQ, model.rnn.input_size)
+    want = reference(model, x)
+    assert (want["updates"] == 2).all()
+    for run_step in (onnx_runner(model), torch_runner(script_step(model))):
+        check_equal(stream(run_step, interface(model), x.numpy(), initial(model, 2)), want, "act")
 
 
 def test_token_model_step_equals_model():

@@ -61,8 +61,8 @@ class VCLayer(nn.Module):
         e = e[:, :top]
         head = s[:, :, :top]  # (B, K, top)
         candidate = self.cell.pointwise(gx, gh, head)
-        e3 = e.unsqueeze(1)  # masks h and c alike
-        return torch.cat((e3 * candidate + (1 - e3) * head, s[:, :, top:]), dim=2), d
+        # e_t ⊙ S + (1 - e_t) ⊙ s as a selection (e is 0 or 1); it masks h and c alike.
+        return torch.cat((torch.where(e.unsqueeze(1) > 0, candidate, head), s[:, :, top:]), dim=2), d
 
 
 class VCStep(nn.Module):
@@ -132,8 +132,8 @@ class SALayer(nn.Module):
         gh = nn.functional.linear(h, w_hh, b_hh).reshape(batch, gates, n)  # the whole h is read
         old = s.index_select(2, rows)  # (B, K, n)
         candidate = self.cell.pointwise(gx, gh, old)
-        u3 = u.index_select(1, rows).unsqueeze(1)  # keeps h and c alike
-        return s.index_copy(2, rows, u3 * candidate + (1 - u3) * old), u
+        keep = u.index_select(1, rows).unsqueeze(1) > 0  # u ⊙ S + (1 - u) ⊙ s as a selection; h and c alike
+        return s.index_copy(2, rows, torch.where(keep, candidate, old)), u
 
 
 class SAStep(nn.Module):

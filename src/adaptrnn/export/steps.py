@@ -83,12 +83,13 @@ class SkipStep(nn.Module):
         u = update.to(cell.dtype)
         if bool(update.any()):
             candidate = self.stack(self.stack.first.project(self.encoder(x)), cell)
-            u4 = u.view(1, -1, 1, 1)
-            new_cell = u4 * candidate + (1 - u4) * cell  # eq. 3
+            # Blends of eq. 3-5 as selections: u is 0 or 1, so u·a + (1-u)·b is exactly a or b
+            # (finite values), and one Where is cheaper than four element-wise operators.
+            new_cell = torch.where(update.view(1, -1, 1, 1), candidate, cell)  # eq. 3
             top = new_cell[-1, :, -1]  # c for the LSTM, h otherwise (as SkipRNN.update_increment)
             increment = torch.sigmoid(torch.matmul(top, self.update_weight) + self.update_bias)  # eq. 4
-            new_delta = u * increment + (1 - u) * delta_prob
-            new_prob = u * new_delta + (1 - u) * (update_prob + torch.minimum(new_delta, 1 - update_prob))  # eq. 5
+            new_delta = torch.where(update, increment, delta_prob)
+            new_prob = torch.where(update, new_delta, update_prob + torch.minimum(new_delta, 1 - update_prob))  # eq. 5
             skips, ahead = self.look_ahead(new_prob, new_delta)
         else:  # every example skips: the state is copied, x_t is never read; eq. 5 with u = 0
             new_cell = cell
