@@ -37,7 +37,8 @@ QUANTITIES = {
     "updates": "(B,) this step's computation relative to a dense step (stats.updates: Skip u_t, "
     "VC mean d_t/D, SA fraction of neurons, ACT N(t), dense 1)",
     "update_prob_t": "(B,) Skip RNN's ũ_t, from which u_t = 1[ũ_t > threshold] was taken",
-    "skips_ahead": "(B,) int64 Skip RNN: how many of the following steps will skip (a batch-1 stream may jump them)",
+    "skips_ahead": "(B,) int64 Skip RNN: how many of the following steps will skip (a batch-1 stream may jump "
+    "them); -1 on a step where every example skipped",
     "update_prob_ahead": "(B,) Skip RNN: ũ after those skipped steps; feed it as update_prob after a jump",
     "remainder": "(B,) ACT's remainder R(t)",
     "active_dims": "(L, B) int64 VCRNN's d_t of each layer",

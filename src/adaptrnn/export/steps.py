@@ -73,6 +73,9 @@ class SkipStep(nn.Module):
         self.head = Head(model.head, dtype)
         self.threshold = float(rnn.options["threshold"])
         self.max_jump = 4096
+        # the smallest value of the model's dtype above the threshold (u = 1 from it on)
+        above = torch.nextafter(torch.tensor(self.threshold, dtype=dtype), torch.tensor(2.0, dtype=dtype))
+        self.register_buffer("above_threshold", above)
         self.register_buffer("update_weight", rnn.update_weight.detach().to(dtype).clone())
         self.register_buffer("update_bias", rnn.update_bias.detach().to(dtype).clone())
 
@@ -100,19 +103,21 @@ class SkipStep(nn.Module):
         return y, new_cell, new_prob, new_delta, u, update_prob, skips, ahead
 
     def look_ahead(self, prob: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
-        """How many of the following steps skip, and ũ after them (eq. 5 with u = 0, the same float
-        arithmetic as stepping). Runs only where the stack ran, so a skipped step stays cheap; a
-        batch-1 caller may jump the skipped inputs without calling the step (docs/deploy.md).
-        At most ``max_jump`` steps per call (a Δũ that underflowed would never update again)."""
-        skips = torch.zeros_like(prob, dtype=torch.int64)
-        waiting = ~(prob > self.threshold)
-        count = 0
-        while bool(waiting.any()) and count < self.max_jump:
-            skips = skips + waiting.to(torch.int64)
-            prob = torch.where(waiting, prob + torch.minimum(delta, 1 - prob), prob)
-            waiting = ~(prob > self.threshold)
-            count += 1
-        return skips, prob
+        """How many of the following steps skip, and ũ after them: N_skip of eq. 6 from (ũ, Δũ).
+
+        Closed form, as ``adaptrnn.fast.skip.first_update`` (float64): 0 if ũ > threshold, else
+        the smallest k with ũ + k·Δũ > threshold; stepping adds Δũ one step at a time in the
+        model's precision, so the two agree except where ũ + k·Δũ ties the threshold to
+        rounding (the library's fast path has the same caveat). ``ahead`` is raised to just
+        above the threshold if rounding left it there, so the step jumped to always updates.
+        Runs only where the stack ran, so a skipped step stays cheap; at most ``max_jump``.
+        """
+        p, d = prob.double(), delta.double()
+        k = torch.floor((self.threshold - p) / d) + 1  # Δũ = 0 (underflow): inf, never again
+        k = torch.where(p > self.threshold, torch.zeros_like(k), k).clamp(max=float(self.max_jump))
+        ahead = torch.minimum(p + k * d, torch.ones_like(p)).to(prob.dtype)  # eq. 5 over k steps
+        ahead = torch.where(k < self.max_jump, torch.maximum(ahead, self.above_threshold), ahead)
+        return k.to(torch.int64), ahead
 
 
 class ACTStep(nn.Module):
