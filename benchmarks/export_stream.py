@@ -93,7 +93,7 @@ def jump_with(session, outputs: list[str], x: np.ndarray, state: dict):
         result = dict(zip(outputs, session.run(None, {"x": x[t], **state}), strict=True))
         state = {"cell": result["cell_next"], "update_prob": result["update_prob_ahead"]}
         state["delta_prob"] = result["delta_prob_next"]
-        jump = int(result["skips_ahead"][0])
+        jump = max(int(result["skips_ahead"][0]), 0)  # -1: this step skipped, none looked ahead
         seconds[t] = time.perf_counter() - start
         calls += 1
         t += 1 + jump

@@ -122,6 +122,30 @@ def test_exported_step_equals_model(method, cell, batch):
         assert want["updates"].min() < want["updates"].max(), want["updates"]
 
 
+def jump_stream(run_step, info: dict, x: torch.Tensor, state: dict) -> tuple[np.ndarray, np.ndarray, int, dict]:
+    """Batch 1: call the step only where the stack runs, jumping ``skips_ahead`` inputs.
+
+    Returns the outputs y (1, T, O) (a jumped step repeats the last), the updates (1, T),
+    the number of calls and the last call's outputs.
+    """
+    t, calls, ys, updates = 0, 0, [], []
+    while t < x.shape[1]:
+        out = dict(zip(info["outputs"], run_step({"x": x[:, t].numpy(), **state}), strict=True))
+        calls += 1
+        ahead = max(int(out["skips_ahead"][0]), 0)  # -1: this step skipped, nothing looked ahead
+        jump = min(ahead, x.shape[1] - t - 1)
+        ys += [out["y"]] * (1 + jump)
+        updates += [out["updates"][0]] + [0.0] * jump
+        # in the step's input order (the TorchScript runner passes them by position)
+        state = {
+            "cell": out["cell_next"],
+            "update_prob": out["update_prob_ahead"],
+            "delta_prob": out["delta_prob_next"],
+        }
+        t += 1 + jump
+    return np.stack(ys, 1), np.array(updates)[None], calls, out
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_skip_jump_over_skipped_steps_equals_model(cell):
     """Batch 1: call the step only where it updates, jumping skips_ahead inputs with update_prob_ahead."""
@@ -130,27 +154,23 @@ def test_skip_jump_over_skipped_steps_equals_model(cell):
     want = reference(model, x)
     info = interface(model)
     for run_step in (onnx_runner(model), torch_runner(script_step(model))):
-        state, t, calls = initial(model, 1), 0, 0
-        ys, updates = [], []
-        while t < x.shape[1]:
-            out = dict(zip(info["outputs"], run_step({"x": x[:, t].numpy(), **state}), strict=True))
-            calls += 1
-            jump = min(int(out["skips_ahead"][0]), x.shape[1] - t - 1)
-            ys += [out["y"]] * (1 + jump)  # skipped steps repeat the output
-            updates += [out["updates"][0]] + [0.0] * jump
-            if jump < int(out["skips_ahead"][0]):  # the sequence ends inside the jump
-                break
-            # in the step's input order (the TorchScript runner passes them by position)
-            state = {
-                "cell": out["cell_next"],
-                "update_prob": out["update_prob_ahead"],
-                "delta_prob": out["delta_prob_next"],
-            }
-            t += 1 + jump
-        np.testing.assert_allclose(np.stack(ys, 1), want["y"], atol=ATOL)
-        np.testing.assert_array_equal(np.array(updates)[None], want["updates"])
+        ys, updates, calls, out = jump_stream(run_step, info, x, initial(model, 1))
+        np.testing.assert_allclose(ys, want["y"], atol=ATOL)
+        np.testing.assert_array_equal(updates, want["updates"])
         np.testing.assert_allclose(out["cell_next"], want["cell_next"], atol=ATOL)
         assert calls == want["updates"].sum() < x.shape[1]  # one call per update
+
+
+@pytest.mark.parametrize("threshold", [0.9, 1.0])
+def test_skip_jump_at_high_thresholds(threshold):
+    """At threshold 1 the gate never fires after the first steps: the look-ahead must not invent an update."""
+    model = make_model("skip", "gru", threshold=threshold)
+    x = torch.randn(1, 30, model.rnn.input_size)
+    want = reference(model, x)
+    ys, updates, _, out = jump_stream(onnx_runner(model), interface(model), x, initial(model, 1))
+    np.testing.assert_allclose(ys, want["y"], atol=ATOL)
+    np.testing.assert_array_equal(updates, want["updates"])
+    np.testing.assert_allclose(out["cell_next"], want["cell_next"], atol=ATOL)
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)

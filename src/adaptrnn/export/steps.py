@@ -63,6 +63,7 @@ class SkipStep(nn.Module):
 
     threshold: float
     max_jump: int
+    never: float
 
     def __init__(self, model: SequenceModel, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -73,6 +74,8 @@ class SkipStep(nn.Module):
         self.head = Head(model.head, dtype)
         self.threshold = float(rnn.options["threshold"])
         self.max_jump = 4096
+        # A threshold >= 1 is never crossed once ũ has been used up (the compute dial turned to 0).
+        self.never = float(self.max_jump) if self.threshold >= 1.0 else 0.0
         # the smallest value of the model's dtype above the threshold (u = 1 from it on)
         above = torch.nextafter(torch.tensor(self.threshold, dtype=dtype), torch.tensor(2.0, dtype=dtype))
         self.register_buffer("above_threshold", above)
@@ -114,7 +117,7 @@ class SkipStep(nn.Module):
         """
         p, d = prob.double(), delta.double()
         k = torch.floor((self.threshold - p) / d) + 1  # Δũ = 0 (underflow): inf, never again
-        k = torch.where(p > self.threshold, torch.zeros_like(k), k).clamp(max=float(self.max_jump))
+        k = torch.where(p > self.threshold, torch.zeros_like(k), k + self.never).clamp(max=float(self.max_jump))
         ahead = torch.minimum(p + k * d, torch.ones_like(p)).to(prob.dtype)  # eq. 5 over k steps
         ahead = torch.where(k < self.max_jump, torch.maximum(ahead, self.above_threshold), ahead)
         return k.to(torch.int64), ahead
