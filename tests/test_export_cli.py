@@ -95,4 +95,9 @@ def test_export_errors_are_one_line(run_dir, tmp_path, capsys):
 
     code = main(["export", "--run", str(run_dir), "--format", "onnx"])
     one_line_error(capsys, code, "--out")
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main(["export", "--run", str(run_dir), "--format", "onnx", "--out", str(blocker / "step.onnx")])
+    one_line_error(capsys, code, "cannot write")
     assert not Path(out).exists()

@@ -27,6 +27,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
         return export_step(model, out, fmt)
     except ExportError as err:
         raise ConfigError(str(err)) from None
+    except OSError as err:  # an unwritable --out
+        raise ConfigError(f"cannot write {out}: {err.strerror or err}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
