@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from adaptrnn.export import build_step, initial_state, interface, onnx_bytes, onnx_op_types, script_step
+from adaptrnn.export.vc_blocks import BlockProduct
 from adaptrnn.model import SequenceModel
 from conftest import ADAPTIVE, CELLS, METHOD_NAMES, make_module
 
@@ -226,20 +227,34 @@ def test_onnx_graph_keeps_the_saving(method, ops):
         assert branches.count("Gemm") == 4, branches  # W_ih and W_hh of two layers
 
 
-def test_vc_slices_are_runtime_bounds():
-    """The VC step at d_t = 1 and d_t = D gives the reference's state with the same file."""
+def test_vc_extreme_blocks_in_one_file():
+    """The same exported VC step at d_t = 1 and d_t = D (the smallest and the largest stored block)."""
     model = make_model("vc", "gru")
-    session = onnx_runner(model)
     info = interface(model)
     for bias in (-30.0, 30.0):  # m_t ≈ 0 -> d_t = 1; m_t ≈ 1 -> d_t = D
         with torch.no_grad():
             for k in range(2):
                 getattr(model.rnn, f"scheduler_bias_l{k}").fill_(bias)
-        session = onnx_runner(model)
         x = torch.randn(1, 4, model.rnn.input_size)
-        got = stream(session, info, x.numpy(), initial(model, 1))
+        got = stream(onnx_runner(model), info, x.numpy(), initial(model, 1))
         assert set(np.unique(got["active_dims"]).tolist()) == ({1} if bias < 0 else {5})
         check_equal(got, reference(model, x), "vc")
+
+
+@pytest.mark.parametrize("hidden", [5, 13])
+def test_vc_block_product_every_width(hidden):
+    """BlockProduct equals (e ⊙ h) W_hh^T + b_hh on the first d_t rows, for every d_t, eager and scripted."""
+    gates = 4
+    w_hh, b_hh = torch.randn(gates * hidden, hidden), torch.randn(gates * hidden)
+    product = BlockProduct(w_hh, b_hh, gates, hidden)
+    scripted = torch.jit.script(product)
+    h = torch.randn(3, hidden)
+    for top in range(1, hidden + 1):
+        d = torch.tensor([top, max(1, top - 2), 1])  # the batch's largest d_t is top
+        masked = h * (torch.arange(hidden) < d.unsqueeze(1))
+        want = torch.nn.functional.linear(masked, w_hh, b_hh).reshape(3, gates, hidden)[:, :, :top]
+        for module in (product, scripted):
+            torch.testing.assert_close(module(masked, top), want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", ADAPTIVE)
