@@ -25,6 +25,7 @@ DELEGATED = {
     "plot": "plots of runs (training curves, update patterns, Pareto fronts)",
     "bench": "speed benchmark, side by side with torch.nn",
     "dial": "inference compute dial: metric vs. computation of a trained run",
+    "export": "a run's streaming step to ONNX or TorchScript, with the savings kept",
 }
 
 
