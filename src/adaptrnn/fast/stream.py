@@ -52,7 +52,7 @@ class Stream:
         cell = self._state.cell
         self._native = None  # the C step of a Skip RNN or dense stack, in place on its own state
         if (self.jumps or isinstance(self.module, DenseRNN)) and native.applies(self.module, cell):
-            self._native = native.native_net(self.module)
+            self._native = native.stack_net(self.module)
             self._state = RecurrentState(cell.contiguous().clone(), self._state.extras)
         self._h = self._top()
         if self.jumps:
