@@ -22,7 +22,7 @@ class OptionalNative(build_ext):
     def build_extension(self, ext: Extension) -> None:
         flags = [[]]
         if self.compiler.compiler_type == "unix":
-            base = ["-O3", "-fno-math-errno", "-std=c99"]
+            base = ["-O3", "-fno-math-errno"]  # GNU C (fused multiply-adds allowed; ISO mode forbids them)
             native = [] if os.environ.get("ADAPTRNN_PORTABLE") else ["-march=native"]
             flags = [base + native, base] if native else [base]  # a compiler without -march=native gets a 2nd try
         errors = []
@@ -39,7 +39,6 @@ class OptionalNative(build_ext):
             "slower at batch 1); install a C compiler and reinstall to build them."
         )
         self.warn(message)
-        print(f"WARNING: {message}")
 
 
 setup(

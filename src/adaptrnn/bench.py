@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -62,13 +63,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fractions", help="comma-separated computation fractions (default 1,0.5,0.2,0.1)")
     parser.add_argument("--shapes", help="semicolon-separated B,T,I,H (default: SPEED.md's shapes for the device)")
     parser.add_argument("--repeats", type=int, help="timed calls per row, median reported (default 7; quick 2)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: all cores)")
+    parser.add_argument(
+        "--threads",
+        default="default",
+        help="comma-separated thread counts for torch.set_num_threads, each measured in turn; "
+        "'default' is torch's own choice (default: default)",
+    )
+    parser.add_argument(
+        "--paths", default="reference,fast", help="adaptive methods' paths to time: reference, fast or both"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
+    threads = [default_threads if t.strip() == "default" else int(t) for t in str(args.threads).split(",")]
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
     else:
@@ -77,12 +86,18 @@ def run(args: argparse.Namespace) -> int:
         [float(f) for f in args.fractions.split(",")] if args.fractions else (1.0, 0.2) if args.quick else FRACTIONS
     )
     repeats = args.repeats or (2 if args.quick else 7)
+    paths = args.paths.split(",")
     rows = []
-    for shape in shapes:
-        for cell in args.cells.split(","):
-            for mode in args.modes.split(","):
-                rows += bench_shape(device, cell, shape, mode, args.methods.split(","), fractions, repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads by default; load average {_load()}")
+    for count in threads:
+        torch.set_num_threads(count)
+        for shape in shapes:
+            for cell in args.cells.split(","):
+                for mode in args.modes.split(","):
+                    rows += bench_shape(device, cell, shape, mode, args.methods.split(","), fractions, repeats, paths)
+    torch.set_num_threads(default_threads)
     print_table(rows)
+    print(f"load average after: {_load()}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as f:
@@ -93,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_shape(device, cell, shape, mode, methods, fractions, repeats) -> list[dict[str, Any]]:
+def bench_shape(device, cell, shape, mode, methods, fractions, repeats, paths=("reference", "fast")) -> list[dict]:
     """Every row of one (cell, shape, mode): torch.nn first, then ours, with ratios to torch.nn."""
     batch, seq_len, in_size, hidden = shape
     torch.manual_seed(0)
@@ -105,7 +120,7 @@ def bench_shape(device, cell, shape, mode, methods, fractions, repeats) -> list[
     rows = [{**base, "method": "dense", "path": "torch.nn", "target_fraction": 1.0, "updates_fraction": 1.0}]
     rows[0]["median_ms"] = timed(lambda: reference_nn(x)[0], train, device, repeats)
     dense = METHODS["dense"](cell, in_size, hidden).to(device)
-    for path, impl in (("dense", "auto"), ("reference", "reference")):
+    for path, impl in (("dense", "auto"), ("reference", "reference"))[: 2 if "reference" in paths else 1]:
         dense.options["impl"] = impl
         rows.append({**base, "method": "dense", "path": path, "target_fraction": 1.0, "updates_fraction": 1.0})
         rows[-1]["median_ms"] = timed(lambda m=dense: m(x)[0], train, device, repeats)
@@ -115,7 +130,7 @@ def bench_shape(device, cell, shape, mode, methods, fractions, repeats) -> list[
         for fraction in fractions:
             module = METHODS[method](cell, in_size, hidden).to(device).train(train)
             state = controlled(module, fraction, batch, x)
-            for path in ("reference",) if train else ("reference", "fast"):
+            for path in ("reference",) if train else [p for p in ("reference", "fast") if p in paths]:
                 module.options["impl"] = "reference" if path == "reference" else "auto"
                 rows.append(measure(module, x, state, train, device, repeats))
                 rows[-1].update(base, method=method, path=path, target_fraction=fraction)
@@ -213,19 +228,28 @@ def device_name(device: torch.device) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """One line per (shape, cell, mode, method, path): ratio to torch.nn at each fraction."""
+    """One line per (threads, shape, cell, mode, method, path): at each fraction, the ratio to
+    torch.nn, the median time and the counted FLOPs as a fraction of the dense count."""
     fractions = sorted({r["target_fraction"] for r in rows}, reverse=True)
     groups: dict[tuple, dict[float, dict[str, Any]]] = {}
     for r in rows:
-        key = (r["B"], r["T"], r["I"], r["H"], r["cell"], r["mode"], r["method"], r["path"])
+        key = (r["threads"], r["B"], r["T"], r["I"], r["H"], r["cell"], r["mode"], r["method"], r["path"])
         groups.setdefault(key, {})[r["target_fraction"]] = r
-    print(
-        f"{'B,T,I,H':>18} {'cell':4} {'mode':5} {'method':6} {'path':9} " + " ".join(f"f={f:<14g}" for f in fractions)
-    )
+    header = " ".join(f"{f'f={f:g}: ratio ms flops':<27}" for f in fractions)
+    print(f"{'thr':>3} {'B,T,I,H':>14} {'cell':4} {'mode':5} {'method':6} {'path':9} {header}")
     for key, by_fraction in groups.items():
         cells = []
         for f in fractions:
             r = by_fraction.get(f)
-            cells.append(f"{r['ratio_to_torch_nn']:6.2f}x {r['median_ms']:6.1f}ms" if r else " " * 16)
-        shape = ",".join(str(v) for v in key[:4])
-        print(f"{shape:>18} {key[4]:4} {key[5]:5} {key[6]:6} {key[7]:9} " + " ".join(cells))
+            text = f"{r['ratio_to_torch_nn']:6.2f}x {r['median_ms']:7.1f} {r['flops_ratio']:6.3f}" if r else ""
+            cells.append(f"{text:<27}")
+        shape = ",".join(str(v) for v in key[1:5])
+        print(f"{key[0]:>3} {shape:>14} {key[5]:4} {key[6]:5} {key[7]:6} {key[8]:9} " + " ".join(cells))
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (other processes competing for the cores), if known."""
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except (OSError, AttributeError):
+        return "unknown"
