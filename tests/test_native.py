@@ -124,3 +124,19 @@ def test_native_is_not_used_for_other_dtypes_or_batches():
     assert not native.applies(m, torch.zeros(1, 2, 1, D, dtype=torch.float64))  # batch 2
     assert not native.applies(m, torch.zeros(1, 1, 1, D, dtype=torch.float32))  # state dtype differs
     assert not native.applies(m.to(torch.bfloat16), torch.zeros(1, 1, 1, D, dtype=torch.bfloat16))
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_native_pointwise_equals_cells_pointwise(cell, dtype):
+    """The batched fast paths' one-call element-wise step, on row-strided projections."""
+    from adaptrnn.cells import GATES, STATE_PARTS, pointwise
+
+    torch.manual_seed(7)
+    n, d = 33, 21
+    gx = torch.randn(n, GATES[cell] * d + 5, dtype=dtype)[:, : GATES[cell] * d]  # rows with a stride
+    gh = torch.randn(n, GATES[cell] * d, dtype=dtype) * 3
+    s = torch.randn(n, STATE_PARTS[cell], d, dtype=dtype)
+    got = native.pointwise(cell, gx, gh, s)
+    torch.testing.assert_close(got, pointwise(cell, gx, gh, s), **TOLERANCE[dtype])

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import cells
 from ..cells import CELLS
-from .weights import cached, transposed
+from . import weights  # used at call time: weights uses this module too
 
 EXTENSION = "adaptrnn.fast._native"
 SUFFIX = {torch.float32: "_f32", torch.float64: "_f64"}
@@ -41,6 +42,7 @@ SIGNATURES = {  # name: (argument types, return type); every REAL array is a voi
     "vc_run": ([_ptr, _int, _ptr, _i64, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
     "sa_run": ([_ptr, _int, _ptr, _i64, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
     "act_run": ([_ptr, _ptr, _i64, _ptr, _i64, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
+    "pointwise_rows": ([_int, _ptr, _i64, _ptr, _i64, _i64, _int, _ptr, _ptr], None),
 }
 
 
@@ -106,7 +108,7 @@ class NativeNet:
     """
 
     def __init__(self, module, gate: tuple[str, str] | None = None) -> None:
-        layers = transposed(module)
+        layers = weights.transposed(module)
         self.dtype = layers[0].ih.dtype
         self.lib = library()
         self.tensors: list[Tensor] = []
@@ -162,7 +164,7 @@ class NativeNet:
 
 def native_net(module, gate: tuple[str, str] | None = None) -> NativeNet:
     """The module's ``NativeNet``, cached until its parameters change."""
-    return cached(module, f"native_{gate}", lambda: NativeNet(module, gate))
+    return weights.cached(module, f"native_{gate}", lambda: NativeNet(module, gate))
 
 
 def stack_net(module) -> NativeNet:
@@ -243,3 +245,28 @@ def _pointer(t: Tensor, dtype: torch.dtype) -> int:
     if not t.is_contiguous() or t.dtype != dtype:
         raise ValueError(f"native loop needs contiguous {dtype} tensors, got {t.dtype}")
     return t.data_ptr()
+
+
+def pointwise(cell: str, gx: Tensor, gh: Tensor, s: Tensor) -> Tensor:
+    """``cells.pointwise`` in one native call where it can (CPU, float32 / float64, rows contiguous).
+
+    gx, gh: (n, G*D); s: (n, K, D) -> (n, K, D). Falls back to ``cells.pointwise`` otherwise.
+    """
+    dtype, lib = s.dtype, library()
+    usable = (
+        lib is not None
+        and dtype in SUFFIX
+        and s.device.type == "cpu"
+        and gx.dtype == gh.dtype == dtype
+        and gx.stride(-1) == 1
+        and gh.stride(-1) == 1
+    )
+    if not usable:
+        return cells.pointwise(cell, gx, gh, s)
+    s = s.contiguous()
+    out = torch.empty_like(s)
+    function = getattr(lib, "pointwise_rows" + SUFFIX[dtype])
+    n, d = s.shape[0], s.shape[2]
+    rows = (gx.data_ptr(), gx.stride(0), gh.data_ptr(), gh.stride(0))
+    function(CELLS.index(cell), *rows, n, d, s.data_ptr(), out.data_ptr())
+    return out

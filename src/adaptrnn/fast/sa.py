@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cells import GATES, pointwise
+from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
 from ..methods.sa import hard_sigmoid
 from . import native
@@ -89,12 +89,12 @@ def _steps(module, layer: int, layer_in: Tensor, gate_x: Tensor, rows, full, s: 
         if (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
             gx = project(layer_in[t], full.ih, full.b_ih)
             gh = project(s[:, 0], full.hh, full.b_hh)
-            s = torch.where(u.unsqueeze(1), pointwise(module.cell, gx, gh, s), s)
+            s = torch.where(u.unsqueeze(1), native.pointwise(module.cell, gx, gh, s), s)
         elif k:
             gx = gate_major(neuron_product(layer_in[t], rows.ih, rows.b_ih, active, gates), gates)  # (B, G*k)
             gh = gate_major(neuron_product(s[:, 0], rows.hh, rows.b_hh, active, gates), gates)
             old = s.index_select(2, active)  # (B, K, k)
-            new = pointwise(module.cell, gx, gh, old)
+            new = native.pointwise(module.cell, gx, gh, old)
             if batch > 1:
                 new = torch.where(u.index_select(1, active).unsqueeze(1), new, old)
             s.index_copy_(2, active, new)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cells import GATES, pointwise
+from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
 from ..methods.vc import active_dims
 from . import native
@@ -90,7 +90,7 @@ def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMat
             ih_t, hh_t, b_ih, b_hh = blocks[top]
             gx = gate_major(project(layer_in[t], ih_t, b_ih), gates)  # (B, G*top)
             gh = gate_major(project(h, hh_t, b_hh), gates)
-            new = pointwise(module.cell, gx, gh, s[:, :, :top])  # (B, K, top)
+            new = native.pointwise(module.cell, gx, gh, s[:, :, :top])  # (B, K, top)
             if mixed:
                 new = torch.where(keep.unsqueeze(1), new, s[:, :, :top])
             s[:, :, :top] = new
