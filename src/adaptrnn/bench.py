@@ -157,8 +157,14 @@ def measure(module: RecurrentBase, x: Tensor, state, train: bool, device, repeat
     }
 
 
-def timed(fn: Callable[[], Tensor], train: bool, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median milliseconds of ``fn`` (with ``.sum().backward()`` when training, under no_grad otherwise)."""
+def timed(
+    fn: Callable[[], Tensor], train: bool, device: torch.device, repeats: int, warmup: int = 2, budget_s: float = 3.0
+) -> float:
+    """Median milliseconds of ``fn`` (with ``.sum().backward()`` when training, under no_grad otherwise).
+
+    At most ``repeats`` timed calls, fewer (at least 3) once they have taken ``budget_s`` seconds,
+    so that a slow row (ACT with 10 ponder steps) does not dominate the run.
+    """
 
     def once() -> None:
         if train:
@@ -175,6 +181,8 @@ def timed(fn: Callable[[], Tensor], train: bool, device: torch.device, repeats: 
         sync(device)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
+            if len(times) >= 3 and sum(times) > budget_s * 1e3:
+                break
     return statistics.median(times)
 
 
