@@ -145,7 +145,11 @@ class NativeNet:
             gate_b,
         )
         self.ref = ctypes.byref(self.struct)
-        self.scratch = torch.empty(2 * max(w.hh.shape[1] for w in layers), dtype=self.dtype)
+        self.scratch_size = 2 * max(w.hh.shape[1] for w in layers)  # floats of the C step's work space
+
+    def scratch(self) -> Tensor:
+        """A fresh work space per call: C releases the GIL, so threads must not share one."""
+        return torch.empty(self.scratch_size, dtype=self.dtype)
 
     def call(self, name: str, *args):
         """The C function ``name`` for this net's precision; tensors are passed as pointers."""
@@ -158,7 +162,7 @@ class NativeNet:
         Returns Δũ of the new state (eq. 4; meaningless without a gate).
         """
         x = x.contiguous()  # a name keeps a copy alive while C reads it
-        self.call("stack_step", x, cell, self.scratch)
+        self.call("stack_step", x, cell, self.scratch())
         return self.call("update_increment", cell)
 
 
@@ -183,7 +187,7 @@ def skip_run(module, x: Tensor, first: int, end: int, threshold: float, cell: Te
     steps = np.empty(capacity, dtype=np.int64)
     hidden = torch.empty(capacity, module.hidden_size, dtype=net.dtype)
     deltas = torch.empty(capacity, dtype=net.dtype)
-    count = net.call("skip_run", x, first, end, threshold, cell, net.scratch, steps.ctypes.data, hidden, deltas)
+    count = net.call("skip_run", x, first, end, threshold, cell, net.scratch(), steps.ctypes.data, hidden, deltas)
     return steps[:count], hidden[:count], deltas[:count].double().numpy()
 
 
