@@ -140,3 +140,25 @@ def test_native_pointwise_equals_cells_pointwise(cell, dtype):
     s = torch.randn(n, STATE_PARTS[cell], d, dtype=dtype)
     got = native.pointwise(cell, gx, gh, s)
     torch.testing.assert_close(got, pointwise(cell, gx, gh, s), **TOLERANCE[dtype])
+
+
+@needs_native
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("method", list(NATIVE))
+def test_batched_fast_paths_in_float32(method, cell, monkeypatch):
+    """Batch > 1 at float32: the fast paths (with the native element-wise call) against the reference."""
+    from adaptrnn.fast import sa as fast_sa
+
+    monkeypatch.setattr(fast_sa, "GATHER_MIN_MACS", 0)  # SA: the row gather, not the masked step
+    calls = []
+    original = native.pointwise
+    monkeypatch.setattr(native, "pointwise", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(8)
+    m = lively(method, cell, 2, torch.float32)
+    x = torch.randn(T, 4, I)
+    lengths = torch.tensor([T, 20, T - 5, 1])
+    twin = copy.deepcopy(m)
+    twin.options["impl"] = "reference"
+    with torch.no_grad():
+        assert_same(m(x, lengths=lengths), twin(x, lengths=lengths), torch.float32)
+    assert calls
