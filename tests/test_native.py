@@ -162,3 +162,16 @@ def test_batched_fast_paths_in_float32(method, cell, monkeypatch):
     with torch.no_grad():
         assert_same(m(x, lengths=lengths), twin(x, lengths=lengths), torch.float32)
     assert calls
+
+
+@needs_native
+def test_an_out_of_date_extension_is_not_used(monkeypatch):
+    """An extension built from an older native.c (an editable install not rebuilt) warns and is left unused."""
+    monkeypatch.setitem(native.SIGNATURES, "no_such_function", ([], None))
+    with pytest.warns(UserWarning, match="out of date"):
+        assert native.library.__wrapped__() is None
+
+
+def test_native_off_by_environment(monkeypatch):
+    monkeypatch.setenv("ADAPTRNN_NATIVE", "0")
+    assert native.library.__wrapped__() is None

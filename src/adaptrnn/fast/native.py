@@ -70,14 +70,18 @@ def library() -> ctypes.CDLL | None:
     """The library built at install, or None (not built, or ``ADAPTRNN_NATIVE=0``), warning once."""
     if os.environ.get("ADAPTRNN_NATIVE", "1") == "0":
         return None
+    reason = "it was not built when the package was installed (no C compiler?)"
     try:
         spec = importlib.util.find_spec(EXTENSION)
         lib = ctypes.CDLL(spec.origin) if spec is not None and spec.origin else None
+        for name, (args, result) in SIGNATURES.items():
+            for suffix in SUFFIX.values() if lib is not None else ():
+                function = getattr(lib, name + suffix)
+                function.argtypes, function.restype = args, result
     except OSError as err:
-        spec, lib = None, None
-        reason = f"it could not be loaded ({err})"
-    else:
-        reason = "it was not built when the package was installed (no C compiler?)"
+        lib, reason = None, f"it could not be loaded ({err})"
+    except AttributeError as err:  # an extension built from an older native.c (editable install, not rebuilt)
+        lib, reason = None, f"it is out of date ({err}); reinstall the package"
     if lib is None:
         warnings.warn(
             f"adaptrnn: the native batch-1 loops are unavailable: {reason}. Batch-1 inference runs "
@@ -85,10 +89,6 @@ def library() -> ctypes.CDLL | None:
             stacklevel=3,
         )
         return None
-    for name, (args, result) in SIGNATURES.items():
-        for suffix in SUFFIX.values():
-            function = getattr(lib, name + suffix)
-            function.argtypes, function.restype = args, result
     return lib
 
 
