@@ -20,7 +20,8 @@ Training rows use the same settings (VCRNN then runs its soft mask).
 
 CSV columns: device, threads, method, cell, B, T, I, H, mode, path, target_fraction,
 updates_fraction (mean of ``stats.updates``), flops_ratio (counted ``stats.flops`` over the
-dense count), median_ms, ratio_to_torch_nn (same shape, cell and mode).
+dense count), median_ms, paired_torch_nn_ms (``torch.nn``'s median timed in alternation with
+this row), ratio_to_torch_nn (median_ms / paired_torch_nn_ms: same shape, cell, mode, threads).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ ADAPTIVE = ("skip", "act", "vc", "sa")
 TORCH_NN = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 COLUMNS = (
     "device threads method cell B T I H mode path target_fraction updates_fraction flops_ratio median_ms "
-    "ratio_to_torch_nn"
+    "paired_torch_nn_ms ratio_to_torch_nn"
 ).split()
 
 
@@ -118,12 +119,14 @@ def bench_shape(device, cell, shape, mode, methods, fractions, repeats, paths=("
     base.update(B=batch, T=seq_len, I=in_size, H=hidden)
     reference_nn = TORCH_NN[cell](in_size, hidden).to(device)
     rows = [{**base, "method": "dense", "path": "torch.nn", "target_fraction": 1.0, "updates_fraction": 1.0}]
-    rows[0]["median_ms"] = timed(lambda: reference_nn(x)[0], train, device, repeats)
+    baseline = lambda: reference_nn(x)[0]  # noqa: E731
+    rows[0]["median_ms"] = rows[0]["paired_torch_nn_ms"] = timed(baseline, train, device, repeats)
     dense = METHODS["dense"](cell, in_size, hidden).to(device)
     for path, impl in (("dense", "auto"), ("reference", "reference"))[: 2 if "reference" in paths else 1]:
         dense.options["impl"] = impl
         rows.append({**base, "method": "dense", "path": path, "target_fraction": 1.0, "updates_fraction": 1.0})
-        rows[-1]["median_ms"] = timed(lambda m=dense: m(x)[0], train, device, repeats)
+        times = timed_pair(lambda m=dense: m(x)[0], baseline, train, device, repeats)
+        rows[-1]["median_ms"], rows[-1]["paired_torch_nn_ms"] = times
     for row in rows:
         row["flops_ratio"] = 1.0
     for method in methods:
@@ -132,21 +135,22 @@ def bench_shape(device, cell, shape, mode, methods, fractions, repeats, paths=("
             state = controlled(module, fraction, batch, x)
             for path in ("reference",) if train else [p for p in ("reference", "fast") if p in paths]:
                 module.options["impl"] = "reference" if path == "reference" else "auto"
-                rows.append(measure(module, x, state, train, device, repeats))
+                rows.append(measure(module, x, state, train, device, repeats, baseline))
                 rows[-1].update(base, method=method, path=path, target_fraction=fraction)
     for row in rows:
-        row["ratio_to_torch_nn"] = row["median_ms"] / rows[0]["median_ms"]
+        row["ratio_to_torch_nn"] = row["median_ms"] / row["paired_torch_nn_ms"]
     return rows
 
 
-def measure(module: RecurrentBase, x: Tensor, state, train: bool, device, repeats: int) -> dict[str, Any]:
-    """Time one module and read its computation statistics from one extra call."""
+def measure(module: RecurrentBase, x: Tensor, state, train: bool, device, repeats: int, baseline) -> dict[str, Any]:
+    """Time one module (paired with ``baseline``, see :func:`timed_pair`) and read its
+    computation statistics from one extra call."""
 
     def call() -> Tensor:
         out, _, stats = module(x, state)
         return out.sum() + stats.cost
 
-    median = timed(call, train, device, repeats)
+    median, paired = timed_pair(call, baseline, train, device, repeats)
     with torch.no_grad():
         _, _, stats = module(x, state)
     dense_macs = x.shape[0] * sum(module.dense_step_macs())
@@ -154,7 +158,23 @@ def measure(module: RecurrentBase, x: Tensor, state, train: bool, device, repeat
         "updates_fraction": float(stats.updates.mean()),
         "flops_ratio": float(stats.flops.mean()) / dense_macs,
         "median_ms": median,
+        "paired_torch_nn_ms": paired,
     }
+
+
+def timed_pair(fn, baseline, train: bool, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of ``fn`` and of ``baseline`` (torch.nn), timed in alternation.
+
+    On a machine shared with other jobs the speed drifts over seconds; timing each call next
+    to a baseline call and taking the ratio of the two medians cancels most of that drift.
+    """
+    times, base_times = [], []
+    for _ in range(repeats):
+        times.append(timed(fn, train, device, 1, warmup=0 if times else 2))
+        base_times.append(timed(baseline, train, device, 1, warmup=0 if base_times else 1))
+        if len(times) >= 3 and sum(times) + sum(base_times) > 3e3:
+            break
+    return statistics.median(times), statistics.median(base_times)
 
 
 def timed(
