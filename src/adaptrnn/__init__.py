@@ -1,5 +1,6 @@
 """adaptrnn: recurrent networks that learn to spend less computation."""
 
+from . import fast  # noqa: F401  registers the fast inference paths (adaptrnn.dispatch)
 from .layer import RecurrentBase, RecurrentState, Stats, full_computation
 from .methods import ACTRNN, METHODS, SARNN, VCRNN, DenseRNN, SkipRNN
 

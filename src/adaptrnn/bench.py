@@ -20,7 +20,8 @@ Training rows use the same settings (VCRNN then runs its soft mask).
 
 CSV columns: device, threads, method, cell, B, T, I, H, mode, path, target_fraction,
 updates_fraction (mean of ``stats.updates``), flops_ratio (counted ``stats.flops`` over the
-dense count), median_ms, ratio_to_torch_nn (same shape, cell and mode).
+dense count), median_ms, paired_torch_nn_ms (``torch.nn``'s median timed in alternation with
+this row), ratio_to_torch_nn (median_ms / paired_torch_nn_ms: same shape, cell, mode, threads).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -50,7 +52,7 @@ ADAPTIVE = ("skip", "act", "vc", "sa")
 TORCH_NN = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 COLUMNS = (
     "device threads method cell B T I H mode path target_fraction updates_fraction flops_ratio median_ms "
-    "ratio_to_torch_nn"
+    "paired_torch_nn_ms ratio_to_torch_nn"
 ).split()
 
 
@@ -71,7 +73,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         + "; docs/speed.md explains them)",
     )
     parser.add_argument("--repeats", type=int, help="timed calls per row, median reported (default 7; quick 2)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: all cores)")
+    parser.add_argument(
+        "--threads",
+        default="default",
+        help="comma-separated thread counts for torch.set_num_threads, each measured in turn; "
+        "'default' is torch's own choice (default: default)",
+    )
+    parser.add_argument(
+        "--paths", default="reference,fast", help="adaptive methods' paths to time: reference, fast or both"
+    )
 
 
 def choices(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
@@ -111,6 +121,18 @@ def parse_fractions(text: str) -> list[float]:
     return fractions
 
 
+def parse_threads(text: str, default: int) -> list[int]:
+    """``default,1``-style thread counts; ``default`` is torch's own choice."""
+    counts = []
+    for item in text.split(","):
+        item = item.strip()
+        count = default if item == "default" else int(item) if item.isdigit() else 0
+        if count < 1:
+            raise ConfigError(f"--threads: {item!r} is not 'default' or a positive integer")
+        counts.append(count)
+    return counts
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,11 +148,11 @@ def run(args: argparse.Namespace) -> int:
     cells = choices("--cells", args.cells, CELLS)
     methods = choices("--methods", args.methods, ADAPTIVE)
     modes = choices("--modes", args.modes, ("train", "infer"))
-    for flag in ("repeats", "threads"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    paths = choices("--paths", args.paths, ("reference", "fast"))
+    if args.repeats is not None and args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    default_threads = torch.get_num_threads()
+    threads = parse_threads(str(args.threads), default_threads)
     if args.shapes:
         shapes = parse_shapes(args.shapes)
     else:
@@ -138,11 +160,16 @@ def run(args: argparse.Namespace) -> int:
     fractions = parse_fractions(args.fractions) if args.fractions else (1.0, 0.2) if args.quick else FRACTIONS
     repeats = args.repeats or (2 if args.quick else 7)
     rows = []
-    for shape in shapes:
-        for cell in cells:
-            for mode in modes:
-                rows += bench_shape(device, cell, shape, mode, methods, fractions, repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads by default; load average {_load()}")
+    for count in threads:
+        torch.set_num_threads(count)
+        for shape in shapes:
+            for cell in cells:
+                for mode in modes:
+                    rows += bench_shape(device, cell, shape, mode, methods, fractions, repeats, paths)
+    torch.set_num_threads(default_threads)
     print_table(rows)
+    print(f"load average after: {_load()}")
     if args.out:
         with open(output_path(args.out), "w", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS)
@@ -152,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_shape(device, cell, shape, mode, methods, fractions, repeats) -> list[dict[str, Any]]:
+def bench_shape(device, cell, shape, mode, methods, fractions, repeats, paths=("reference", "fast")) -> list[dict]:
     """Every row of one (cell, shape, mode): torch.nn first, then ours, with ratios to torch.nn."""
     batch, seq_len, in_size, hidden = shape
     torch.manual_seed(0)
@@ -162,35 +189,38 @@ def bench_shape(device, cell, shape, mode, methods, fractions, repeats) -> list[
     base.update(B=batch, T=seq_len, I=in_size, H=hidden)
     reference_nn = TORCH_NN[cell](in_size, hidden).to(device)
     rows = [{**base, "method": "dense", "path": "torch.nn", "target_fraction": 1.0, "updates_fraction": 1.0}]
-    rows[0]["median_ms"] = timed(lambda: reference_nn(x)[0], train, device, repeats)
+    baseline = lambda: reference_nn(x)[0]  # noqa: E731
+    rows[0]["median_ms"] = rows[0]["paired_torch_nn_ms"] = timed(baseline, train, device, repeats)
     dense = METHODS["dense"](cell, in_size, hidden).to(device)
-    for path, impl in (("dense", "auto"), ("reference", "reference")):
+    for path, impl in (("dense", "auto"), ("reference", "reference"))[: 2 if "reference" in paths else 1]:
         dense.options["impl"] = impl
         rows.append({**base, "method": "dense", "path": path, "target_fraction": 1.0, "updates_fraction": 1.0})
-        rows[-1]["median_ms"] = timed(lambda m=dense: m(x)[0], train, device, repeats)
+        times = timed_pair(lambda m=dense: m(x)[0], baseline, train, device, repeats)
+        rows[-1]["median_ms"], rows[-1]["paired_torch_nn_ms"] = times
     for row in rows:
         row["flops_ratio"] = 1.0
     for method in methods:
         for fraction in fractions:
             module = METHODS[method](cell, in_size, hidden).to(device).train(train)
             state = controlled(module, fraction, batch, x)
-            for path in ("reference",) if train else ("reference", "fast"):
+            for path in ("reference",) if train else [p for p in ("reference", "fast") if p in paths]:
                 module.options["impl"] = "reference" if path == "reference" else "auto"
-                rows.append(measure(module, x, state, train, device, repeats))
+                rows.append(measure(module, x, state, train, device, repeats, baseline))
                 rows[-1].update(base, method=method, path=path, target_fraction=fraction)
     for row in rows:
-        row["ratio_to_torch_nn"] = row["median_ms"] / rows[0]["median_ms"]
+        row["ratio_to_torch_nn"] = row["median_ms"] / row["paired_torch_nn_ms"]
     return rows
 
 
-def measure(module: RecurrentBase, x: Tensor, state, train: bool, device, repeats: int) -> dict[str, Any]:
-    """Time one module and read its computation statistics from one extra call."""
+def measure(module: RecurrentBase, x: Tensor, state, train: bool, device, repeats: int, baseline) -> dict[str, Any]:
+    """Time one module (paired with ``baseline``, see :func:`timed_pair`) and read its
+    computation statistics from one extra call."""
 
     def call() -> Tensor:
         out, _, stats = module(x, state)
         return out.sum() + stats.cost
 
-    median = timed(call, train, device, repeats)
+    median, paired = timed_pair(call, baseline, train, device, repeats)
     with torch.no_grad():
         _, _, stats = module(x, state)
     dense_macs = x.shape[0] * sum(module.dense_step_macs())
@@ -198,11 +228,33 @@ def measure(module: RecurrentBase, x: Tensor, state, train: bool, device, repeat
         "updates_fraction": float(stats.updates.mean()),
         "flops_ratio": float(stats.flops.mean()) / dense_macs,
         "median_ms": median,
+        "paired_torch_nn_ms": paired,
     }
 
 
-def timed(fn: Callable[[], Tensor], train: bool, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median milliseconds of ``fn`` (with ``.sum().backward()`` when training, under no_grad otherwise)."""
+def timed_pair(fn, baseline, train: bool, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of ``fn`` and of ``baseline`` (torch.nn), timed in alternation.
+
+    On a machine shared with other jobs the speed drifts over seconds; timing each call next
+    to a baseline call and taking the ratio of the two medians cancels most of that drift.
+    """
+    times, base_times = [], []
+    for _ in range(repeats):
+        times.append(timed(fn, train, device, 1, warmup=0 if times else 2))
+        base_times.append(timed(baseline, train, device, 1, warmup=0 if base_times else 1))
+        if len(times) >= 3 and sum(times) + sum(base_times) > 3e3:
+            break
+    return statistics.median(times), statistics.median(base_times)
+
+
+def timed(
+    fn: Callable[[], Tensor], train: bool, device: torch.device, repeats: int, warmup: int = 2, budget_s: float = 3.0
+) -> float:
+    """Median milliseconds of ``fn`` (with ``.sum().backward()`` when training, under no_grad otherwise).
+
+    At most ``repeats`` timed calls, fewer (at least 3) once they have taken ``budget_s`` seconds,
+    so that a slow row (ACT with 10 ponder steps) does not dominate the run.
+    """
 
     def once() -> None:
         if train:
@@ -219,6 +271,8 @@ def timed(fn: Callable[[], Tensor], train: bool, device: torch.device, repeats: 
         sync(device)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
+            if len(times) >= 3 and sum(times) > budget_s * 1e3:
+                break
     return statistics.median(times)
 
 
@@ -272,19 +326,28 @@ def device_name(device: torch.device) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """One line per (shape, cell, mode, method, path): ratio to torch.nn at each fraction."""
+    """One line per (threads, shape, cell, mode, method, path): at each fraction, the ratio to
+    torch.nn, the median time and the counted FLOPs as a fraction of the dense count."""
     fractions = sorted({r["target_fraction"] for r in rows}, reverse=True)
     groups: dict[tuple, dict[float, dict[str, Any]]] = {}
     for r in rows:
-        key = (r["B"], r["T"], r["I"], r["H"], r["cell"], r["mode"], r["method"], r["path"])
+        key = (r["threads"], r["B"], r["T"], r["I"], r["H"], r["cell"], r["mode"], r["method"], r["path"])
         groups.setdefault(key, {})[r["target_fraction"]] = r
-    print(
-        f"{'B,T,I,H':>18} {'cell':4} {'mode':5} {'method':6} {'path':9} " + " ".join(f"f={f:<14g}" for f in fractions)
-    )
+    header = " ".join(f"{f'f={f:g}: ratio ms flops':<27}" for f in fractions)
+    print(f"{'thr':>3} {'B,T,I,H':>14} {'cell':4} {'mode':5} {'method':6} {'path':9} {header}")
     for key, by_fraction in groups.items():
         cells = []
         for f in fractions:
             r = by_fraction.get(f)
-            cells.append(f"{r['ratio_to_torch_nn']:6.2f}x {r['median_ms']:6.1f}ms" if r else " " * 16)
-        shape = ",".join(str(v) for v in key[:4])
-        print(f"{shape:>18} {key[4]:4} {key[5]:5} {key[6]:6} {key[7]:9} " + " ".join(cells))
+            text = f"{r['ratio_to_torch_nn']:6.2f}x {r['median_ms']:7.1f} {r['flops_ratio']:6.3f}" if r else ""
+            cells.append(f"{text:<27}")
+        shape = ",".join(str(v) for v in key[1:5])
+        print(f"{key[0]:>3} {shape:>14} {key[5]:4} {key[6]:5} {key[7]:6} {key[8]:9} " + " ".join(cells))
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (other processes competing for the cores), if known."""
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except (OSError, AttributeError):
+        return "unknown"

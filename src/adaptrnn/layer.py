@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import dispatch
 from .cells import GATES, STATE_PARTS, cell_step, check_cell, step_macs
 from .options import check_options
 
@@ -170,7 +171,7 @@ class RecurrentBase(nn.Module):
         seq_len, batch = x.shape[:2]
         valid = self._valid_mask(lengths, seq_len, batch, x.device)
         init = self._check_state(state, batch, x)
-        out, final, stats = self._forward(x, init, valid)
+        out, final, stats = dispatch.run(self, x, init, valid)  # a registered fast path, or _forward
         if valid is not None:
             out = out * valid.unsqueeze(-1).to(out.dtype)
         if self.batch_first:
@@ -178,7 +179,10 @@ class RecurrentBase(nn.Module):
         return out, final, stats
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
-        """x: (T, B, I) time-major; valid: (T, B) bool or None (all valid)."""
+        """The method's reference loop. x: (T, B, I) time-major; valid: (T, B) bool or None (all valid).
+
+        ``forward`` may run a fast inference path instead (``adaptrnn.dispatch``), which gives the same results.
+        """
         raise NotImplementedError
 
     # ---- state -----------------------------------------------------------------------

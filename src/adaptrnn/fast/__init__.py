@@ -2,42 +2,35 @@
 outputs of the reference implementation in ``adaptrnn.methods``.
 
 - ``skip``: Skip RNN jumps from update to update (eq. 6), gathering only the due rows;
-  inputs can be produced on demand, so skipped inputs are never read. At batch 1 the loop
-  runs in C (``native``: ``native.c`` compiled on first use, PyTorch if no compiler).
+  inputs can be produced on demand, so skipped inputs are never read.
 - ``vc``: VCRNN hard mode multiplies only the upper-left d_t × d_t blocks.
 - ``sa``: SA-RNN multiplies only the rows of the neurons that update.
 - ``act``: ACT drops halted rows from the ponder loop.
-- ``dense``: dense stacks through ATen's fused kernels.
+- ``native``: at batch 1 every method's whole loop runs in C (``native.c``, built by
+  ``pip install``; PyTorch where it was not built).
 - ``stream``: batch-1 step-by-step use with kept state.
 
-Every method takes its fast path by default when it applies (eval mode, no autograd, no
+Dependencies run one way: these paths import the methods, never the reverse. Importing this
+package registers each path with ``adaptrnn.dispatch``, which ``RecurrentBase.forward`` asks:
+a method takes its fast path by default where it applies (eval mode, no autograd, no
 ``full_computation``); the option ``impl="reference"`` forces the readable loop.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from ..dispatch import register, use_fast
+from ..methods import ACTRNN, SARNN, VCRNN, SkipRNN
+from . import act, sa, skip, vc
 
-IMPLS = ("auto", "reference", "fast")
+
+def _skip_forward(module, x, state, valid):
+    return skip.skip_forward(module, x, x.shape[0], x.shape[1], state, valid)
 
 
-def use_fast(module: nn.Module, applicable: bool = True) -> bool:
-    """Whether a method's ``_forward`` takes its fast inference path.
+# Looked up at call time (``module.function``), so that a replaced function is the one called.
+register(SkipRNN, _skip_forward, applies=lambda m: type(m).binarize is SkipRNN.binarize)  # jumps need the fixed gate
+register(VCRNN, lambda *args: vc.vc_forward(*args), applies=lambda m: m.is_hard)
+register(SARNN, lambda *args: sa.sa_forward(*args))
+register(ACTRNN, lambda *args: act.act_forward(*args))
 
-    ``impl="auto"`` (default): in eval mode, without autograd and outside ``full_computation``
-    (and where the method's own condition ``applicable`` holds, e.g. VCRNN's hard mode).
-    ``impl="reference"``: never. ``impl="fast"``: always, an error where it cannot apply.
-    """
-    impl = module.options.get("impl", "auto")
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
-    if impl == "reference":
-        return False
-    applies = applicable and not module.training and not torch.is_grad_enabled() and not module.full_computation
-    if impl == "fast" and not applies:
-        raise ValueError(
-            f"{type(module).__name__}: impl='fast' is inference only (eval mode, torch.no_grad(), "
-            "not under full_computation, and VCRNN in hard mode)"
-        )
-    return applies
+__all__ = ["use_fast"]

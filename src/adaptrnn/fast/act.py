@@ -4,7 +4,8 @@ The reference ponders every row of the batch until the last one halts, masking t
 ones. Here, after each ponder step, the rows that halted are dropped (the running rows are
 compacted with ``index_select``), so a ponder step costs in proportion to the rows still
 running; padded steps are not pondered at all. The mean-field sum adds each row's terms in
-the same order as the reference.
+the same order as the reference. At batch 1 (float32 or float64 on the CPU) the whole loop
+runs in C (``native.act_loop``), taking only the ponder steps needed.
 
 On a CPU, reading the halting decision on the host after each ponder step costs nothing.
 On a GPU each compaction is a host synchronisation; the plan there (docs/speed.md) is to
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from ..cells import input_projection
 from ..layer import RecurrentState, Stats
+from . import native
 from .weights import projected_stack_step, transposed
 
 
@@ -31,16 +33,23 @@ def act_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) 
     out = x.new_empty(seq_len, batch, module.hidden_size)
     steps, remainders = x.new_zeros(seq_len, batch), x.new_zeros(seq_len, batch)
     every = torch.arange(batch, device=x.device)
-    for t in range(seq_len):
-        rows = every if valid is None else valid[t].nonzero().squeeze(1)
-        if rows.numel() == batch:
-            cell, steps[t], remainders[t] = ponder(module, layers, gx0[t], cell)
-        elif rows.numel():
-            new, steps_t, remainders_t = ponder(module, layers, gx0[t].index_select(0, rows), cell[:, rows])
-            cell.index_copy_(1, rows, new)
-            steps[t].index_copy_(0, rows, steps_t)
-            remainders[t].index_copy_(0, rows, remainders_t)
-        out[t] = cell[-1, :, 0]
+    if batch == 1 and native.applies(module, cell):  # the whole loop in C
+        cell = cell.contiguous()
+        ends = seq_len if valid is None else int(valid[:, 0].sum())
+        out, steps, remainders = native.act_loop(module, gx0[:, 0], ends, cell[:, 0])
+        out[ends:] = cell[-1, 0, 0]  # padded steps keep the state
+        out, steps, remainders = out.unsqueeze(1), steps.unsqueeze(1), remainders.unsqueeze(1)
+    else:
+        for t in range(seq_len):
+            rows = every if valid is None else valid[t].nonzero().squeeze(1)
+            if rows.numel() == batch:
+                cell, steps[t], remainders[t] = ponder(module, layers, gx0[t], cell)
+            elif rows.numel():
+                new, steps_t, remainders_t = ponder(module, layers, gx0[t].index_select(0, rows), cell[:, rows])
+                cell.index_copy_(1, rows, new)
+                steps[t].index_copy_(0, rows, steps_t)
+                remainders[t].index_copy_(0, rows, remainders_t)
+            out[t] = cell[-1, :, 0]
     steps, remainders = steps.t(), remainders.t()  # (B, T)
     ponder_cost = steps + remainders
     stats = Stats(

@@ -1,34 +1,40 @@
-/* Batch-1 Skip RNN inference in one native loop (float32, contiguous arrays).
+/* Batch-1 inference loops of every method, whole sequences in C (float32 and float64).
  *
- * Loaded by adaptrnn/fast/native.py, which compiles this file on first use and falls back
- * to the PyTorch path when no compiler is available. From Python every update costs
- * ~25 small tensor operations (~60-100 us at batch 1); here an update costs its two
- * matrix-vector products and the element-wise cell, so skipped steps save time in proportion.
+ * Built by `pip install` as an optional extension (setup.py) and loaded with ctypes by
+ * adaptrnn/fast/native.py; it uses no Python or torch headers. From Python a batch-1 step
+ * costs ~25-35 small tensor operations (~60-100 us); here a step costs its products and its
+ * element-wise cell, so work left out (skipped steps, d_t blocks, idle neurons, ponder
+ * steps not taken) is time saved in proportion.
  *
- * Weights are given transposed (C, G*D) so that a product is a sequence of contiguous
- * axpy's, which the compiler vectorises without reassociating sums. exp is a Cephes-style
- * polynomial (relative error ~2e-7) so that the element-wise loops vectorise too.
+ * The loops are written once in native_loops.h and included twice: with REAL = float
+ * (suffix _f32; exp is a Cephes-style polynomial, relative error ~2e-7, so the element-wise
+ * loops vectorise without -ffast-math) and REAL = double (suffix _f64; libm's exp), the
+ * latter so that tests can compare with the reference to float64 precision.
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { CELL_RNN = 0, CELL_GRU = 1, CELL_LSTM = 2 };
 
+/* A module's weights; REAL pointers given as void so one layout serves both precisions. */
 typedef struct {
     int32_t cell, layers, input_size, hidden;
-    const float *const *w_ih_t; /* per layer (C_l, G*D) */
-    const float *const *w_hh_t; /* per layer (D, G*D) */
-    const float *const *b_ih;   /* per layer (G*D) or NULL */
-    const float *const *b_hh;
-    const float *gate_w;        /* (D) Skip RNN's W_p */
-    float gate_b;               /* b_p */
+    const void *const *w_ih_t; /* per layer (C_l, G*D): transposed, for the axpy products */
+    const void *const *w_hh_t; /* per layer (D, G*D) */
+    const void *const *b_ih;   /* per layer (G*D) or NULL */
+    const void *const *b_hh;
+    const void *const *w_ih;   /* per layer (G*D, C_l): torch's layout, rows for SA-RNN's gathers */
+    const void *const *w_hh;   /* per layer (G*D, D) */
+    const void *gate_w;        /* (D) Skip RNN's W_p, ACT's W_h, or NULL */
+    double gate_b;             /* b_p / b_h */
 } Net;
 
 static inline int gates(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1; }
 static inline int parts(int cell) { return cell == CELL_LSTM ? 2 : 1; }
 
-static inline float exp_f(float x) {
+static inline float exp_f32(float x) {
     /* Written without library calls or branches (ternaries, magic-number rounding, a union
      * bit cast) so that loops calling it vectorise without -ffast-math. */
     x = x < -87.0f ? -87.0f : x;
@@ -46,102 +52,20 @@ static inline float exp_f(float x) {
     return e * scale.f;
 }
 
-static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+static inline double exp_f64(double x) { return exp(x); }
 
-static inline float tanh_f(float x) {
-    const float t = exp_f(-2.0f * fabsf(x));
-    return copysignf((1.0f - t) / (1.0f + t), x);
-}
+#define REAL float
+#define SUF(name) name##_f32
+#define EXP exp_f32
+#define ONE 1.0f
+#include "native_loops.h"
+#undef REAL
+#undef SUF
+#undef EXP
+#undef ONE
 
-/* y = b + x W (W given transposed, (in, n)); b may be NULL. Outputs are computed in blocks
- * of BLOCK kept in registers over the whole sum, so y is written once and W read once. */
-#define BLOCK 128
-static void affine(const float *restrict x, int in, const float *restrict w_t, const float *restrict b, int n,
-                   float *restrict y) {
-    int k0 = 0;
-    for (; k0 + BLOCK <= n; k0 += BLOCK) {
-        float acc[BLOCK];
-        for (int i = 0; i < BLOCK; ++i) acc[i] = b ? b[k0 + i] : 0.0f;
-        for (int j = 0; j < in; ++j) {
-            const float xj = x[j];
-            const float *restrict w = w_t + (size_t)j * n + k0;
-            for (int i = 0; i < BLOCK; ++i) acc[i] += xj * w[i];
-        }
-        memcpy(y + k0, acc, sizeof acc);
-    }
-    for (int k = k0; k < n; ++k) y[k] = b ? b[k] : 0.0f;
-    for (int j = 0; j < in && k0 < n; ++j) {
-        const float xj = x[j];
-        const float *restrict w = w_t + (size_t)j * n;
-        for (int k = k0; k < n; ++k) y[k] += xj * w[k];
-    }
-}
-
-/* One layer in place: s holds h (D) then, for the LSTM, c (D). Same arithmetic as cells.pointwise. */
-static void layer_step(const Net *net, int layer, const float *x, float *s, float *restrict gx, float *restrict gh) {
-    const int d = net->hidden, cell = net->cell, g = gates(cell);
-    const int in = layer == 0 ? net->input_size : d;
-    affine(x, in, net->w_ih_t[layer], net->b_ih ? net->b_ih[layer] : NULL, g * d, gx);
-    affine(s, d, net->w_hh_t[layer], net->b_hh ? net->b_hh[layer] : NULL, g * d, gh);
-    float *restrict h = s, *restrict c = s + d; /* h and c do not overlap */
-    if (cell == CELL_RNN) {
-        for (int k = 0; k < d; ++k) h[k] = tanh_f(gx[k] + gh[k]);
-    } else if (cell == CELL_GRU) {
-        for (int k = 0; k < d; ++k) {
-            const float r = sigmoid_f(gx[k] + gh[k]);
-            const float z = sigmoid_f(gx[d + k] + gh[d + k]);
-            const float n = tanh_f(gx[2 * d + k] + r * gh[2 * d + k]);
-            h[k] = (1.0f - z) * n + z * h[k];
-        }
-    } else {
-        for (int k = 0; k < d; ++k) {
-            const float i = sigmoid_f(gx[k] + gh[k]);
-            const float f = sigmoid_f(gx[d + k] + gh[d + k]);
-            const float gg = tanh_f(gx[2 * d + k] + gh[2 * d + k]);
-            const float o = sigmoid_f(gx[3 * d + k] + gh[3 * d + k]);
-            c[k] = f * c[k] + i * gg;
-            h[k] = o * tanh_f(c[k]);
-        }
-    }
-}
-
-/* One step of the whole stack for one sequence. state: (L, K, D); scratch: 2*G*D floats. */
-void stack_step(const Net *net, const float *x, float *state, float *scratch) {
-    const int d = net->hidden, k = parts(net->cell), g = gates(net->cell);
-    for (int layer = 0; layer < net->layers; ++layer) {
-        const float *in = layer == 0 ? x : state + (size_t)(layer - 1) * k * d;
-        layer_step(net, layer, in, state + (size_t)layer * k * d, scratch, scratch + (size_t)g * d);
-    }
-}
-
-/* Δũ = σ(W_p s + b_p) (eq. 4) from the top layer's c (LSTM) or h. */
-float update_increment(const Net *net, const float *state) {
-    const int d = net->hidden, k = parts(net->cell);
-    const float *top = state + (size_t)(net->layers - 1) * k * d + (size_t)(k - 1) * d;
-    float z = 0.0f;
-    for (int i = 0; i < d; ++i) z += top[i] * net->gate_w[i];
-    return sigmoid_f(z + net->gate_b);
-}
-
-/* The jump-ahead loop over x (T, I) from step `first` to `end` (exclusive).
- * After an update with increment Δũ the next is floor(threshold / Δũ) + 1 steps later (eq. 6).
- * Writes each update's step, new top-layer h (D) and Δũ; returns the number of updates. */
-int64_t skip_run(const Net *net, const float *x, int64_t first, int64_t end, double threshold, float *state,
-                 float *scratch, int64_t *steps, float *hidden, float *deltas) {
-    const int d = net->hidden, k = parts(net->cell);
-    const float *top_h = state + (size_t)(net->layers - 1) * k * d;
-    int64_t count = 0;
-    double t = (double)first;
-    while (t < (double)end) {
-        const int64_t step = (int64_t)t;
-        stack_step(net, x + (size_t)step * net->input_size, state, scratch);
-        const float delta = update_increment(net, state);
-        steps[count] = step;
-        memcpy(hidden + (size_t)count * d, top_h, (size_t)d * sizeof *hidden);
-        deltas[count] = delta;
-        ++count;
-        const double skip = (threshold < 1.0 && delta > 0.0f) ? floor(threshold / (double)delta) : INFINITY;
-        t = (double)step + 1.0 + skip;
-    }
-    return count;
-}
+#define REAL double
+#define SUF(name) name##_f64
+#define EXP exp_f64
+#define ONE 1.0
+#include "native_loops.h"

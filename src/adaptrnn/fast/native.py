@@ -1,39 +1,49 @@
-"""The native batch-1 Skip RNN loop (``native.c``): compiled on first use, optional.
+"""The native batch-1 loops (``native.c``): built by ``pip install``, optional.
 
-At batch 1 a Python step costs ~25 tensor operations of a few microseconds each, several
-times the arithmetic of the step itself, so skipping steps from Python saves far less than
-it should. ``native.c`` runs the whole jump-ahead loop (or one step, for streaming and for
-inputs produced on demand) in C. It is compiled once per machine with the system C compiler
-(``$CC``, default ``cc``) into ``~/.cache/adaptrnn`` (``$ADAPTRNN_CACHE``); without a compiler,
-or with ``ADAPTRNN_NATIVE=0``, everything runs through PyTorch instead, with the same results.
+At batch 1 a Python step costs ~25-35 tensor operations of a few microseconds each, several
+times the arithmetic of the step itself, so work left out from Python saves far less than it
+should. ``native.c`` runs each method's whole sequence loop in C: Skip RNN's jumps (eq. 6),
+VCRNN's upper-left d_t blocks, SA-RNN's active neurons' rows and ACT's ponder steps, plus
+one stack step for streaming and for inputs produced on demand.
 
-Used for float32 CPU modules at batch 1; equal to the reference to float32 rounding
-(sums run in another order; exp is a polynomial with relative error ~2e-7).
+``pip install`` builds it as an optional extension (``setup.py``); where it was not built (no C
+compiler at install) one warning says so at first use and everything runs through PyTorch,
+with the same results. ``ADAPTRNN_NATIVE=0`` turns it off without a warning.
+
+Used for float32 and float64 CPU modules at batch 1; float64 equals the reference to float64
+rounding, float32 to float32 rounding (sums run in another order; exp is a polynomial with
+relative error ~2e-7).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
+import importlib.util
 import os
-import platform
-import subprocess
-import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .. import cells
 from ..cells import CELLS
-from .weights import cached, transposed
+from . import weights  # used at call time: weights uses this module too
 
-SOURCE = Path(__file__).with_name("native.c")
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
-_float_p = ctypes.POINTER(ctypes.c_float)
-_int64_p = ctypes.POINTER(ctypes.c_int64)
+EXTENSION = "adaptrnn.fast._native"
+SUFFIX = {torch.float32: "_f32", torch.float64: "_f64"}
+_ptr, _i64, _int, _dbl = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+_pp = ctypes.POINTER(ctypes.c_void_p)
+SIGNATURES = {  # name: (argument types, return type); every REAL array is a void pointer
+    "stack_step": ([_ptr] * 4, None),
+    "update_increment": ([_ptr, _ptr], _dbl),
+    "skip_run": ([_ptr, _ptr, _i64, _i64, _dbl, _ptr, _ptr, _ptr, _ptr, _ptr], _i64),
+    "vc_run": ([_ptr, _int, _ptr, _i64, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
+    "sa_run": ([_ptr, _int, _ptr, _i64, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
+    "act_run": ([_ptr, _ptr, _i64, _ptr, _i64, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
+    "pointwise_rows": ([_int, _ptr, _i64, _ptr, _i64, _i64, _int, _ptr, _ptr], None),
+}
 
 
 class _Net(ctypes.Structure):
@@ -44,144 +54,223 @@ class _Net(ctypes.Structure):
         ("layers", ctypes.c_int32),
         ("input_size", ctypes.c_int32),
         ("hidden", ctypes.c_int32),
-        ("w_ih_t", ctypes.POINTER(_float_p)),
-        ("w_hh_t", ctypes.POINTER(_float_p)),
-        ("b_ih", ctypes.POINTER(_float_p)),
-        ("b_hh", ctypes.POINTER(_float_p)),
-        ("gate_w", _float_p),
-        ("gate_b", ctypes.c_float),
+        ("w_ih_t", _pp),
+        ("w_hh_t", _pp),
+        ("b_ih", _pp),
+        ("b_hh", _pp),
+        ("w_ih", _pp),
+        ("w_hh", _pp),
+        ("gate_w", _ptr),
+        ("gate_b", _dbl),
     ]
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled library, or None (no compiler, no source, or ``ADAPTRNN_NATIVE=0``)."""
-    if os.environ.get("ADAPTRNN_NATIVE", "1") == "0" or not SOURCE.is_file():
+    """The library built at install, or None (not built, or ``ADAPTRNN_NATIVE=0``), warning once."""
+    if os.environ.get("ADAPTRNN_NATIVE", "1") == "0":
         return None
-    compiler = os.environ.get("CC", "cc")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS, _cpu_id())).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("ADAPTRNN_CACHE", Path.home() / ".cache" / "adaptrnn"))
-    target = cache / f"native-{key}.so"
-    if not target.is_file():
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                built = Path(tmp) / target.name
-                subprocess.run(
-                    [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
-                os.replace(built, target)  # atomic: concurrent first uses do not see a half-written file
-        except (OSError, subprocess.SubprocessError) as err:
-            warnings.warn(f"adaptrnn: native Skip RNN loop unavailable ({err}); using the PyTorch path", stacklevel=2)
-            return None
-    lib = ctypes.CDLL(str(target))
-    net_p = ctypes.POINTER(_Net)
-    lib.stack_step.argtypes = [net_p, _float_p, _float_p, _float_p]
-    lib.update_increment.argtypes = [net_p, _float_p]
-    lib.update_increment.restype = ctypes.c_float
-    lib.skip_run.argtypes = [net_p, _float_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, _float_p, _float_p]
-    lib.skip_run.argtypes += [_int64_p, _float_p, _float_p]
-    lib.skip_run.restype = ctypes.c_int64
+    reason = "it was not built when the package was installed (no C compiler?)"
+    try:
+        spec = importlib.util.find_spec(EXTENSION)
+        lib = ctypes.CDLL(spec.origin) if spec is not None and spec.origin else None
+        for name, (args, result) in SIGNATURES.items():
+            for suffix in SUFFIX.values() if lib is not None else ():
+                function = getattr(lib, name + suffix)
+                function.argtypes, function.restype = args, result
+    except OSError as err:
+        lib, reason = None, f"it could not be loaded ({err})"
+    except AttributeError as err:  # an extension built from an older native.c (editable install, not rebuilt)
+        lib, reason = None, f"it is out of date ({err}); reinstall the package"
+    if lib is None:
+        warnings.warn(
+            f"adaptrnn: the native batch-1 loops are unavailable: {reason}. Batch-1 inference runs "
+            "in PyTorch (same results, slower); reinstall with a C compiler to build them.",
+            stacklevel=3,
+        )
+        return None
     return lib
 
 
-def _cpu_id() -> str:
-    """What ``-march=native`` depends on: the CPU's feature flags (a cache shared by machines stays valid)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next((line for line in lines if line.startswith("flags")), platform.processor())
-    except OSError:
-        return platform.machine() + platform.processor()
-
-
 def applies(module, state_cell: Tensor) -> bool:
-    """Whether the native loop can run this module and state: float32 on the CPU, batch 1."""
+    """Whether the native loops can run this module and state: float32 or float64 on the CPU, batch 1."""
+    dtype = state_cell.dtype
     params = (*module.parameters(), state_cell)
-    ok = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params) and state_cell.shape[1] == 1
-    return ok and library() is not None
+    ok = dtype in SUFFIX and all(p.device.type == "cpu" and p.dtype == dtype for p in params)
+    return ok and state_cell.shape[1] == 1 and library() is not None
 
 
 class NativeNet:
-    """A module's weights as the ``Net`` struct of native.c (kept alive with the tensors it points to)."""
+    """A module's weights as the ``Net`` struct of native.c (kept alive with the tensors it points to).
 
-    def __init__(self, module) -> None:
-        layers = transposed(module)
-        gate = getattr(module, "update_weight", None)  # a dense stack has no gate: Δũ is then unused
-        self.tensors = [torch.zeros(module.hidden_size) if gate is None else gate.detach().contiguous()]
+    ``gate`` names the module's (D,) gate weight read by the C gate (Skip RNN's ``update_weight``,
+    ACT's ``halting_weight``) and its bias parameter; None for none.
+    """
+
+    def __init__(self, module, gate: tuple[str, str] | None = None) -> None:
+        layers = weights.transposed(module)
+        self.dtype = layers[0].ih.dtype
+        self.lib = library()
+        self.tensors: list[Tensor] = []
         arrays = {}
-        for name in ("ih", "hh", "b_ih", "b_hh"):
-            parts = [getattr(w, name) for w in layers]
+        originals = [module.layer_weights(layer) for layer in range(module.num_layers)]
+        columns = {
+            "w_ih_t": [w.ih for w in layers],
+            "w_hh_t": [w.hh for w in layers],
+            "b_ih": [w.b_ih for w in layers],
+            "b_hh": [w.b_hh for w in layers],
+            "w_ih": [w[0] for w in originals],
+            "w_hh": [w[1] for w in originals],
+        }
+        for name, parts in columns.items():
             if parts[0] is None:
-                arrays[name] = None
+                arrays[name] = _pp()  # NULL: no bias
                 continue
             parts = [p.detach().contiguous() for p in parts]
             self.tensors += parts
-            arrays[name] = (_float_p * len(parts))(*(_pointer(p) for p in parts))
+            arrays[name] = (ctypes.c_void_p * len(parts))(*(p.data_ptr() for p in parts))
         self.arrays = arrays
-        null = ctypes.POINTER(_float_p)()
+        if gate is None:  # no gate: a zero one, so that update_increment stays safe to call
+            gate_w, gate_b = torch.zeros(module.hidden_size, dtype=self.dtype), 0.0
+        else:
+            gate_w, gate_b = getattr(module, gate[0]).detach().contiguous(), float(getattr(module, gate[1]))
+        self.tensors.append(gate_w)
         self.struct = _Net(
             CELLS.index(module.cell),
             module.num_layers,
             module.input_size,
             module.hidden_size,
-            arrays["ih"],
-            arrays["hh"],
-            arrays["b_ih"] if arrays["b_ih"] is not None else null,
-            arrays["b_hh"] if arrays["b_hh"] is not None else null,
-            _pointer(self.tensors[0]),
-            float(getattr(module, "update_bias", 0.0)),
+            *(ctypes.cast(arrays[n], _pp) for n in columns),
+            gate_w.data_ptr(),
+            gate_b,
         )
-        self.scratch = torch.empty(2 * max(w.hh.shape[1] for w in layers))
         self.ref = ctypes.byref(self.struct)
-        self.lib = library()
-        self.scratch_p = _pointer(self.scratch)
+        self.scratch_size = 2 * max(w.hh.shape[1] for w in layers)  # floats of the C step's work space
+
+    def scratch(self) -> Tensor:
+        """A fresh work space per call: C releases the GIL, so threads must not share one."""
+        return torch.empty(self.scratch_size, dtype=self.dtype)
+
+    def call(self, name: str, *args):
+        """The C function ``name`` for this net's precision; tensors are passed as pointers."""
+        function = getattr(self.lib, name + SUFFIX[self.dtype])
+        return function(self.ref, *(_pointer(a, self.dtype) if isinstance(a, Tensor) else a for a in args))
 
     def step(self, x: Tensor, cell: Tensor) -> float:
         """One step of the stack for one sequence, in place. x: (I,) or (1, I); cell: (L, 1, K, D).
 
-        Returns Δũ of the new state (eq. 4; meaningless for a dense stack).
+        Returns Δũ of the new state (eq. 4; meaningless without a gate).
         """
         x = x.contiguous()  # a name keeps a copy alive while C reads it
-        cell_p = _pointer(cell)
-        self.lib.stack_step(self.ref, _pointer(x), cell_p, self.scratch_p)
-        return self.lib.update_increment(self.ref, cell_p)
+        self.call("stack_step", x, cell, self.scratch())
+        return self.call("update_increment", cell)
 
 
-def native_net(module) -> NativeNet:
+def native_net(module, gate: tuple[str, str] | None = None) -> NativeNet:
     """The module's ``NativeNet``, cached until its parameters change."""
-    return cached(module, "native", lambda: NativeNet(module))
+    return weights.cached(module, f"native_{gate}", lambda: NativeNet(module, gate))
+
+
+def stack_net(module) -> NativeNet:
+    """The ``NativeNet`` for single stack steps: Skip RNN's with its gate (Δũ), a dense stack's without."""
+    return native_net(module, ("update_weight", "update_bias") if hasattr(module, "update_weight") else None)
 
 
 def skip_run(module, x: Tensor, first: int, end: int, threshold: float, cell: Tensor) -> tuple:
-    """The jump-ahead loop for one sequence. x: (T, I); cell: (L, 1, K, D), updated in place.
+    """Skip RNN's jump-ahead loop for one sequence. x: (T, I); cell: (L, 1, K, D), updated in place.
 
     Returns the steps (E,) int64 array, the new top-layer h of each update (E, D) and Δũ (E,) array.
     """
-    net = native_net(module)
+    net = stack_net(module)
     x = x.contiguous()
     capacity = max(0, end - first)
     steps = np.empty(capacity, dtype=np.int64)
-    hidden = torch.empty(capacity, module.hidden_size)
-    deltas = np.empty(capacity, dtype=np.float32)
-    count = net.lib.skip_run(
-        net.ref,
-        _pointer(x),
-        first,
-        end,
-        threshold,
-        _pointer(cell),
-        net.scratch_p,
-        steps.ctypes.data_as(_int64_p),
-        _pointer(hidden),
-        deltas.ctypes.data_as(_float_p),
+    hidden = torch.empty(capacity, module.hidden_size, dtype=net.dtype)
+    deltas = torch.empty(capacity, dtype=net.dtype)
+    count = net.call("skip_run", x, first, end, threshold, cell, net.scratch(), steps.ctypes.data, hidden, deltas)
+    return steps[:count], hidden[:count], deltas[:count].double().numpy()
+
+
+def vc_layer(module, layer: int, x: Tensor, steps: int, x_score: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """VCRNN's hard-mode loop over one layer for one sequence (see ``vc_run`` in native_loops.h).
+
+    x: (T, C); x_score: (T,) the scheduler's input term; s: (K, D) contiguous, updated in place.
+    Runs the first ``steps`` steps; returns out (T, D), m (T) and d (T) int64, zero after ``steps``.
+    """
+    net = native_net(module)
+    seq_len, size = x.shape[0], module.hidden_size
+    out = x.new_zeros(seq_len, size)
+    ms, ds = x.new_zeros(seq_len), torch.zeros(seq_len, dtype=torch.int64)
+    u = getattr(module, f"scheduler_h_l{layer}").detach().contiguous()
+    bias = float(getattr(module, f"scheduler_bias_l{layer}"))
+    scale = float(module.options["scale"])
+    x, x_score = x.contiguous(), x_score.contiguous()
+    _check(net.call("vc_run", layer, x, steps, x_score, u, bias, scale, s, out, ms, ds.numpy().ctypes.data))
+    return out, ms, ds
+
+
+def sa_layer(module, layer: int, x: Tensor, steps: int, gate_x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """SA-RNN's loop over one layer for one sequence (see ``sa_run`` in native_loops.h).
+
+    x: (T, C); gate_x: (T, D) = W_i x_t + b; s: (K, D) contiguous, updated in place. Runs the
+    first ``steps`` steps; returns out (T, D), the mask u (T, D) and Σ_i ũ (T), zero after ``steps``.
+    """
+    net = native_net(module)
+    seq_len, size = x.shape[0], module.hidden_size
+    out, mask, likelihood = x.new_zeros(seq_len, size), x.new_zeros(seq_len, size), x.new_zeros(seq_len)
+    diag = getattr(module, f"update_weight_hh_l{layer}").detach().contiguous()
+    slope, threshold = float(module.slope), float(module.options["threshold"])
+    x, gate_x = x.contiguous(), gate_x.contiguous()
+    _check(net.call("sa_run", layer, x, steps, gate_x, diag, slope, threshold, s, out, mask, likelihood))
+    return out, mask, likelihood
+
+
+def act_loop(module, gx0: Tensor, steps: int, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """ACT's ponder loop for one sequence (see ``act_run`` in native_loops.h).
+
+    gx0: (T, G*D) layer 0's input projection; cell: (L, K, D) contiguous, updated in place.
+    Runs the first ``steps`` steps; returns out (T, D), N(t) (T) and R(t) (T), zero after ``steps``.
+    """
+    net = native_net(module, ("halting_weight", "halting_bias"))
+    seq_len = gx0.shape[0]
+    out, ponders, remainders = gx0.new_zeros(seq_len, module.hidden_size), *gx0.new_zeros(2, seq_len)
+    flag = module.flag_weight.detach().contiguous()
+    max_steps, threshold = int(module.options["max_steps"]), 1.0 - float(module.options["epsilon"])
+    _check(net.call("act_run", gx0.contiguous(), steps, flag, max_steps, threshold, cell, out, ponders, remainders))
+    return out, ponders, remainders
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("the native loop could not allocate its buffers")
+
+
+def _pointer(t: Tensor, dtype: torch.dtype) -> int:
+    if not t.is_contiguous() or t.dtype != dtype:
+        raise ValueError(f"native loop needs contiguous {dtype} tensors, got {t.dtype}")
+    return t.data_ptr()
+
+
+def pointwise(cell: str, gx: Tensor, gh: Tensor, s: Tensor) -> Tensor:
+    """``cells.pointwise`` in one native call where it can (CPU, float32 / float64, rows contiguous).
+
+    gx, gh: (n, G*D); s: (n, K, D) -> (n, K, D). Falls back to ``cells.pointwise`` otherwise.
+    """
+    dtype, lib = s.dtype, library()
+    usable = (
+        lib is not None
+        and dtype in SUFFIX
+        and s.device.type == "cpu"
+        and gx.dtype == gh.dtype == dtype
+        and gx.stride(-1) == 1
+        and gh.stride(-1) == 1
     )
-    return steps[:count], hidden[:count], deltas[:count].astype(np.float64)
-
-
-def _pointer(t: Tensor):
-    if not t.is_contiguous():
-        raise ValueError("native loop needs contiguous tensors")
-    return ctypes.cast(t.data_ptr(), _float_p)
+    if not usable:
+        return cells.pointwise(cell, gx, gh, s)
+    s = s.contiguous()
+    out = torch.empty_like(s)
+    function = getattr(lib, "pointwise_rows" + SUFFIX[dtype])
+    n, d = s.shape[0], s.shape[2]
+    rows = (gx.data_ptr(), gx.stride(0), gh.data_ptr(), gh.stride(0))
+    function(CELLS.index(cell), *rows, n, d, s.data_ptr(), out.data_ptr())
+    return out

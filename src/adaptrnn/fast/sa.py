@@ -7,6 +7,8 @@ each and multiplied; every other neuron keeps its state without being touched. W
 union, a row whose own u is 0 for a neuron keeps that neuron's state, as in the reference.
 When the gather would leave out too little work to pay for its own operations (small
 batches and hidden sizes, or most neurons active), the step is one masked dense step instead.
+At batch 1 (float32 or float64 on the CPU) the whole loop of a layer runs in C
+(``native.sa_layer``), computing only the active neurons' rows.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cells import GATES, pointwise
+from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
 from ..methods.sa import hard_sigmoid
+from . import native
 from .weights import gate_major, neuron_major, project, transposed
 
 # Gathering the active rows adds ~10 tensor operations per step (tens of microseconds from
@@ -30,40 +33,23 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     seq_len, batch = x.shape[:2]
     gates, size = GATES[module.cell], module.hidden_size
     weight = valid_float(valid, seq_len, batch, x)  # (T, B)
-    slope, threshold = float(module.slope), float(module.options["threshold"])
+    use_native = batch == 1 and native.applies(module, state.cell)
     finals, fractions = [], []
     flops, likelihood_sum = x.new_zeros(batch), x.new_zeros(batch)
     layer_in = x  # (T, B, I)
     for layer, (rows, full) in enumerate(zip(neuron_major(module, transpose=False), transposed(module), strict=True)):
         in_size = layer_in.shape[-1]
-        diag, w_i, b_u = module.gate_weights(layer)
+        _, w_i, b_u = module.gate_weights(layer)
         gate_x = torch.nn.functional.linear(layer_in, w_i, b_u)  # (T, B, D) W_i x_t + b for all steps
         s = state.cell[layer].clone()  # (B, K, D)
-        out = x.new_empty(seq_len, batch, size)
-        masks = x.new_empty(seq_len, batch, size)
-        likelihoods = x.new_empty(seq_len, batch)
-        for t in range(seq_len):
-            likelihood = hard_sigmoid(diag * s[:, 0] + gate_x[t], slope)  # (B, D) ũ_t
-            u = likelihood > threshold
-            if valid is not None:
-                u &= valid[t].unsqueeze(1)
-            likelihoods[t] = likelihood.sum(1)
-            masks[t] = u
-            active = u.any(0).nonzero().squeeze(1)  # (k,) neurons updated by some row
-            k = active.numel()
-            if (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
-                gx = project(layer_in[t], full.ih, full.b_ih)
-                gh = project(s[:, 0], full.hh, full.b_hh)
-                s = torch.where(u.unsqueeze(1), pointwise(module.cell, gx, gh, s), s)
-            elif k:
-                gx = gate_major(neuron_product(layer_in[t], rows.ih, rows.b_ih, active, gates), gates)  # (B, G*k)
-                gh = gate_major(neuron_product(s[:, 0], rows.hh, rows.b_hh, active, gates), gates)
-                old = s.index_select(2, active)  # (B, K, k)
-                new = pointwise(module.cell, gx, gh, old)
-                if batch > 1:
-                    new = torch.where(u.index_select(1, active).unsqueeze(1), new, old)
-                s.index_copy_(2, active, new)
-            out[t] = s[:, 0]
+        if use_native:  # batch 1: the whole loop in C
+            s = s.contiguous()
+            steps = seq_len if valid is None else int(valid[:, 0].sum())
+            out, masks, likelihoods = native.sa_layer(module, layer, layer_in[:, 0], steps, gate_x[:, 0], s[0])
+            out[steps:] = s[0, 0]  # padded steps keep the state
+            out, masks, likelihoods = out.unsqueeze(1), masks.unsqueeze(1), likelihoods.unsqueeze(1)
+        else:
+            s, out, masks, likelihoods = _steps(module, layer, layer_in, gate_x, rows, full, s, valid)
         mask = masks * weight.unsqueeze(-1)  # (T, B, D)
         active_count = mask.sum(-1)  # (T, B)
         likelihood_sum = likelihood_sum + (likelihoods * weight).sum(0)
@@ -76,6 +62,44 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     cost = module.options["budget"] * likelihood_sum.mean()
     extras = {"neuron_updates": mask.transpose(0, 1)}
     return layer_in, RecurrentState(torch.stack(finals)), Stats(updates, cost, flops, extras)
+
+
+def _steps(module, layer: int, layer_in: Tensor, gate_x: Tensor, rows, full, s: Tensor, valid) -> tuple:
+    """One layer's time loop in PyTorch. layer_in (T, B, C); gate_x (T, B, D); s (B, K, D).
+
+    ``rows``: the layer's neuron-major weights, ``full``: transposed. Returns the final state
+    (B, K, D), out (T, B, D), the mask u (T, B, D) and Σ_i ũ (T, B).
+    """
+    seq_len, batch, in_size = layer_in.shape
+    gates, size = GATES[module.cell], module.hidden_size
+    slope, threshold = float(module.slope), float(module.options["threshold"])
+    diag = module.gate_weights(layer)[0]
+    out = layer_in.new_empty(seq_len, batch, size)
+    masks = layer_in.new_empty(seq_len, batch, size)
+    likelihoods = layer_in.new_empty(seq_len, batch)
+    for t in range(seq_len):
+        likelihood = hard_sigmoid(diag * s[:, 0] + gate_x[t], slope)  # (B, D) ũ_t
+        u = likelihood > threshold
+        if valid is not None:
+            u &= valid[t].unsqueeze(1)
+        likelihoods[t] = likelihood.sum(1)
+        masks[t] = u
+        active = u.any(0).nonzero().squeeze(1)  # (k,) neurons updated by some row
+        k = active.numel()
+        if (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
+            gx = project(layer_in[t], full.ih, full.b_ih)
+            gh = project(s[:, 0], full.hh, full.b_hh)
+            s = torch.where(u.unsqueeze(1), native.pointwise(module.cell, gx, gh, s), s)
+        elif k:
+            gx = gate_major(neuron_product(layer_in[t], rows.ih, rows.b_ih, active, gates), gates)  # (B, G*k)
+            gh = gate_major(neuron_product(s[:, 0], rows.hh, rows.b_hh, active, gates), gates)
+            old = s.index_select(2, active)  # (B, K, k)
+            new = native.pointwise(module.cell, gx, gh, old)
+            if batch > 1:
+                new = torch.where(u.index_select(1, active).unsqueeze(1), new, old)
+            s.index_copy_(2, active, new)
+        out[t] = s[:, 0]
+    return s, out, masks, likelihoods
 
 
 def neuron_product(z: Tensor, weight: Tensor, bias: Tensor | None, active: Tensor, gates: int) -> Tensor:

@@ -163,7 +163,7 @@ def _run_single(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tens
         if steps.size:
             log.steps, log.rows, log.hidden, log.deltas = [steps], [np.zeros_like(steps)], [hidden], [deltas]
         return log
-    layers, net = transposed(module), native.native_net(module) if use_native else None
+    layers, net = transposed(module), native.stack_net(module) if use_native else None
     t, steps, hidden, deltas = first, [], [], []
     while t < end:
         t = int(t)

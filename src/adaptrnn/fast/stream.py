@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import dispatch
 from ..layer import RecurrentBase, RecurrentState
 from ..methods.dense import DenseRNN
 from ..methods.skip import SkipRNN
@@ -51,7 +52,7 @@ class Stream:
         cell = self._state.cell
         self._native = None  # the C step of a Skip RNN or dense stack, in place on its own state
         if (self.jumps or isinstance(self.module, DenseRNN)) and native.applies(self.module, cell):
-            self._native = native.native_net(self.module)
+            self._native = native.stack_net(self.module)
             self._state = RecurrentState(cell.contiguous().clone(), self._state.extras)
         self._h = self._top()
         if self.jumps:
@@ -101,7 +102,7 @@ class Stream:
                 self._state, updated = RecurrentState(cell, self._state.extras), 1.0
                 delta = float(module.update_increment(cell)[0]) if self.jumps else 0.0
             else:
-                _, self._state, stats = module._forward(x_t.unsqueeze(0), self._state, None)
+                _, self._state, stats = dispatch.run(module, x_t.unsqueeze(0), self._state, None)
                 updated = float(stats.updates[0, 0])
             return self._after_update(delta), updated
 

@@ -5,6 +5,9 @@ and all of x_t (METHODS.md §3). With the weights stored neuron-major (``weights
 the rows needed are the first ``G·d`` of each matrix and the columns of W_hh the first d, so a
 step is two products with strided sub-matrices, no copy of the weights.
 
+At batch 1 (float32 or float64 on the CPU) the whole loop of a layer runs in C
+(``native.vc_layer``), computing the same blocks.
+
 A batch whose rows want different d_t is computed up to the largest d_t with each row's
 extra columns of h zeroed and its extra dimensions left unchanged — exactly the reference's
 masked step restricted to the first max d_t dimensions (the alternative, grouping rows by
@@ -16,9 +19,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cells import GATES, pointwise
+from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
 from ..methods.vc import active_dims
+from . import native
 from .weights import gate_major, neuron_major, project
 
 
@@ -27,42 +31,24 @@ def vc_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     seq_len, batch = x.shape[:2]
     gates, size = GATES[module.cell], module.hidden_size
     weight = valid_float(valid, seq_len, batch, x)  # (T, B)
-    target, scale = float(module.options["target"]), float(module.options["scale"])
-    dims = torch.arange(size, device=x.device)
+    target = float(module.options["target"])
+    use_native = batch == 1 and native.applies(module, state.cell)
     finals, fractions, schedules = [], [], []
     flops, deviation = x.new_zeros(batch), x.new_zeros(batch)
     layer_in = x  # (T, B, I)
     for layer, w in enumerate(neuron_major(module, transpose=True)):
         in_size = layer_in.shape[-1]
-        u, v, b = (getattr(module, f"scheduler_{n}_l{layer}") for n in ("h", "x", "bias"))
+        v = getattr(module, f"scheduler_x_l{layer}")
         x_score = layer_in @ v  # (T, B) the scheduler's input term, for all steps at once
-        blocks = SubMatrices(w, gates)
         s = state.cell[layer].clone()  # (B, K, D)
-        out = x.new_empty(seq_len, batch, size)
-        ms, ds = x.new_empty(seq_len, batch), x.new_empty(seq_len, batch)
-        for t in range(seq_len):
-            m = torch.sigmoid(s[:, 0] @ u + x_score[t] + b)  # (B,) m_t
-            if scale != 1.0:
-                m = (m * scale).clamp(max=1.0)
-            d = active_dims(m, size)  # (B,)
-            if valid is not None:
-                d = torch.where(valid[t], d, 0)
-            top = int(d.max())
-            if top:
-                mixed = bool((d != top).any())
-                h = s[:, 0, :top]
-                if mixed:
-                    keep = dims[:top] < d.unsqueeze(1)  # (B, top) dimensions each row updates
-                    h = h * keep
-                ih_t, hh_t, b_ih, b_hh = blocks[top]
-                gx = gate_major(project(layer_in[t], ih_t, b_ih), gates)  # (B, G*top)
-                gh = gate_major(project(h, hh_t, b_hh), gates)
-                new = pointwise(module.cell, gx, gh, s[:, :, :top])  # (B, K, top)
-                if mixed:
-                    new = torch.where(keep.unsqueeze(1), new, s[:, :, :top])
-                s[:, :, :top] = new
-            out[t] = s[:, 0]
-            ms[t], ds[t] = m, d
+        if use_native:  # batch 1: the whole loop in C
+            s = s.contiguous()
+            steps = seq_len if valid is None else int(valid[:, 0].sum())
+            out, ms, ds = native.vc_layer(module, layer, layer_in[:, 0], steps, x_score[:, 0], s[0])
+            out[steps:] = s[0, 0]  # padded steps keep the state
+            out, ms, ds = out.unsqueeze(1), ms.unsqueeze(1), ds.to(x.dtype).unsqueeze(1)
+        else:
+            out, ms, ds = _steps(module, layer, layer_in, x_score, SubMatrices(w, gates), s, valid)
         ds = ds * weight
         flops = flops + (gates * ds * (in_size + ds) + weight * (size + in_size)).sum(0)
         fractions.append(ds / size)
@@ -74,6 +60,43 @@ def vc_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     cost = module.options["penalty"] * (deviation / module.num_layers).mean()
     extras = {"scheduler": torch.stack(schedules).mean(0).t()}
     return layer_in, RecurrentState(torch.stack(finals)), Stats(updates, cost, flops, extras)
+
+
+def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMatrices, s: Tensor, valid) -> tuple:
+    """One layer's time loop in PyTorch. layer_in (T, B, C); x_score (T, B); s (B, K, D) updated in place.
+
+    Returns out (T, B, D), m (T, B) and d (T, B).
+    """
+    seq_len, batch = layer_in.shape[:2]
+    size, scale = module.hidden_size, float(module.options["scale"])
+    gates, u, b = GATES[module.cell], *(getattr(module, f"scheduler_{n}_l{layer}") for n in ("h", "bias"))
+    dims = torch.arange(size, device=layer_in.device)
+    out = layer_in.new_empty(seq_len, batch, size)
+    ms, ds = layer_in.new_empty(seq_len, batch), layer_in.new_empty(seq_len, batch)
+    for t in range(seq_len):
+        m = torch.sigmoid(s[:, 0] @ u + x_score[t] + b)  # (B,) m_t
+        if scale != 1.0:
+            m = (m * scale).clamp(max=1.0)
+        d = active_dims(m, size)  # (B,)
+        if valid is not None:
+            d = torch.where(valid[t], d, 0)
+        top = int(d.max())
+        if top:
+            mixed = bool((d != top).any())
+            h = s[:, 0, :top]
+            if mixed:
+                keep = dims[:top] < d.unsqueeze(1)  # (B, top) dimensions each row updates
+                h = h * keep
+            ih_t, hh_t, b_ih, b_hh = blocks[top]
+            gx = gate_major(project(layer_in[t], ih_t, b_ih), gates)  # (B, G*top)
+            gh = gate_major(project(h, hh_t, b_hh), gates)
+            new = native.pointwise(module.cell, gx, gh, s[:, :, :top])  # (B, K, top)
+            if mixed:
+                new = torch.where(keep.unsqueeze(1), new, s[:, :, :top])
+            s[:, :, :top] = new
+        out[t] = s[:, 0]
+        ms[t], ds[t] = m, d
+    return out, ms, ds
 
 
 class SubMatrices:

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from ..cells import input_projection
-from ..fast import use_fast
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 
 
@@ -113,10 +112,6 @@ class ACTRNN(RecurrentBase):
         return mean_cell, steps, remainder
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
-        if use_fast(self):
-            from ..fast.act import act_forward
-
-            return act_forward(self, x, state, valid)
         seq_len, batch = x.shape[:2]
         w_ih, _, b_ih, _ = self.layer_weights(0)
         # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a

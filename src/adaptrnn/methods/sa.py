@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from ..cells import GATES, cell_step, input_projection
-from ..fast import use_fast
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 from .skip import straight_through
 
@@ -100,10 +99,6 @@ class SARNN(RecurrentBase):
         return straight_through(hard, likelihood)
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
-        if use_fast(self):
-            from ..fast.sa import sa_forward
-
-            return sa_forward(self, x, state, valid)
         seq_len, batch = x.shape[:2]
         weight = valid_float(valid, seq_len, batch, x)  # (T, B)
         gates = GATES[self.cell]

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from ..cells import input_projection
-from ..fast import use_fast
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 from ..options import RULES
 
@@ -128,10 +127,6 @@ class SkipRNN(RecurrentBase):
         return delta, u * delta + (1 - u) * (update_prob + torch.minimum(delta, 1 - update_prob))  # eq. 5
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
-        if type(self).binarize is SkipRNN.binarize and use_fast(self):  # jumping needs the deterministic gate
-            from ..fast.skip import skip_forward
-
-            return skip_forward(self, x, x.shape[0], x.shape[1], state, valid)
         seq_len, batch = x.shape[:2]
         w_ih, _, b_ih, _ = self.layer_weights(0)
         # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a

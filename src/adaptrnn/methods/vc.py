@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from ..cells import GATES, input_projection, pointwise
-from ..fast import use_fast
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 
 
@@ -126,10 +125,6 @@ class VCRNN(RecurrentBase):
         return soft_mask(m, self.hidden_size, float(self.sharpness), float(self.options["epsilon"]))
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
-        if use_fast(self, applicable=self.is_hard):
-            from ..fast.vc import vc_forward
-
-            return vc_forward(self, x, state, valid)
         seq_len, batch = x.shape[:2]
         weight = valid_float(valid, seq_len, batch, x)  # (T, B)
         gates = GATES[self.cell]

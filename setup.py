@@ -1,0 +1,55 @@
+"""The optional native extension: ``src/adaptrnn/fast/native.c``, built by ``pip install``.
+
+It is a plain C shared library (no Python or torch headers used) that
+``adaptrnn/fast/native.py`` loads with ctypes. The build is optional: without a working C
+compiler the install still succeeds, prints one warning, and the package runs its PyTorch
+paths (same results, slower at batch 1). Compiled with ``-march=native`` for the machine that
+installs it; set ``ADAPTRNN_PORTABLE=1`` to leave that flag out (e.g. when building a wheel
+for other machines). Everything else about the package is in pyproject.toml.
+"""
+
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+NATIVE = "adaptrnn.fast._native"
+
+
+class OptionalNative(build_ext):
+    """Build the native loops if a C compiler works; warn once and go on if not."""
+
+    def build_extension(self, ext: Extension) -> None:
+        flags = [[]]
+        if self.compiler.compiler_type == "unix":
+            base = ["-O3", "-fno-math-errno"]  # GNU C (fused multiply-adds allowed; ISO mode forbids them)
+            native = [] if os.environ.get("ADAPTRNN_PORTABLE") else ["-march=native"]
+            flags = [base + native, base] if native else [base]  # a compiler without -march=native gets a 2nd try
+        errors = []
+        for args in flags:
+            ext.extra_compile_args = args
+            try:
+                super().build_extension(ext)
+                return
+            except Exception as err:  # noqa: BLE001  any failure leaves the PyTorch paths, never a failed install
+                errors.append(str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
+        message = (
+            "adaptrnn: the native batch-1 loops (src/adaptrnn/fast/native.c) were NOT built "
+            f"({'; '.join(errors)}). The package works without them (PyTorch paths, same results, "
+            "slower at batch 1); install a C compiler and reinstall to build them."
+        )
+        self.warn(message)
+
+
+setup(
+    ext_modules=[
+        Extension(
+            NATIVE,
+            sources=["src/adaptrnn/fast/native.c"],
+            depends=["src/adaptrnn/fast/native_loops.h"],
+            libraries=["m"] if os.name == "posix" else [],
+            optional=True,
+        )
+    ],
+    cmdclass={"build_ext": OptionalNative},
+)

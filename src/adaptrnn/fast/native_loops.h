@@ -1,0 +1,332 @@
+/* The batch-1 loops, written once for REAL = float / double (included twice by native.c,
+ * which defines REAL, SUF(name), EXP and ONE). Arithmetic follows adaptrnn.cells.pointwise
+ * and each method's reference loop; sums run in another order than the reference's BLAS. */
+
+#define W(p, l) ((const REAL *)(p)[l])
+#define WB(p, l) ((p) ? (const REAL *)(p)[l] : NULL)
+
+static inline REAL SUF(sigmoid)(REAL x) { return ONE / (ONE + EXP(-x)); }
+
+static inline REAL SUF(tanh_)(REAL x) {
+    const REAL t = EXP(-2 * (x < 0 ? -x : x));
+    const REAL y = (ONE - t) / (ONE + t);
+    return x < 0 ? -y : y;
+}
+
+/* y[0..n) = b + x W for the first n columns of W given transposed with row length ld (in, ld);
+ * b may be NULL. Outputs are accumulated in blocks of BLOCK kept in registers over the whole
+ * sum, so y is written once and W read once; the inner loops are contiguous axpy's. */
+#define BLOCK 128
+static void SUF(affine)(const REAL *restrict x, int in, const REAL *restrict w_t, int ld, const REAL *restrict b, int n,
+                        REAL *restrict y) {
+    int k0 = 0;
+    for (; k0 + BLOCK <= n; k0 += BLOCK) {
+        REAL acc[BLOCK];
+        for (int i = 0; i < BLOCK; ++i) acc[i] = b ? b[k0 + i] : 0;
+        for (int j = 0; j < in; ++j) {
+            const REAL xj = x[j];
+            const REAL *restrict w = w_t + (size_t)j * ld + k0;
+            for (int i = 0; i < BLOCK; ++i) acc[i] += xj * w[i];
+        }
+        memcpy(y + k0, acc, sizeof acc);
+    }
+    for (int k = k0; k < n; ++k) y[k] = b ? b[k] : 0;
+    for (int j = 0; j < in && k0 < n; ++j) {
+        const REAL xj = x[j];
+        const REAL *restrict w = w_t + (size_t)j * ld;
+        for (int k = k0; k < n; ++k) y[k] += xj * w[k];
+    }
+}
+
+/* Σ a_i b_i in four 32-byte vector accumulators (GCC / Clang vector extensions; unaligned
+ * loads through memcpy), so the sum vectorises the same way under any compiler flags. */
+typedef REAL SUF(vec) __attribute__((vector_size(32)));
+static REAL SUF(dot)(const REAL *restrict a, const REAL *restrict b, int n) {
+    enum { L = 32 / sizeof(REAL) };
+    SUF(vec) s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, x, y;
+    int i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+        memcpy(&x, a + i, 32), memcpy(&y, b + i, 32), s0 += x * y;
+        memcpy(&x, a + i + L, 32), memcpy(&y, b + i + L, 32), s1 += x * y;
+        memcpy(&x, a + i + 2 * L, 32), memcpy(&y, b + i + 2 * L, 32), s2 += x * y;
+        memcpy(&x, a + i + 3 * L, 32), memcpy(&y, b + i + 3 * L, 32), s3 += x * y;
+    }
+    for (; i + L <= n; i += L) memcpy(&x, a + i, 32), memcpy(&y, b + i, 32), s0 += x * y;
+    s0 = (s0 + s1) + (s2 + s3);
+    REAL s = 0;
+    for (int k = 0; k < L; ++k) s += s0[k];
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+/* out[q] = Σ_i w[q·stride + i] x[i] for q < rows (≤ 4): the G gate rows of one neuron at once,
+ * sharing the loads of x, with two vector accumulators per row (8 independent sums for 4 rows)
+ * and one tree reduction per row. Always inlined with a constant `rows` (see dots_g). */
+static inline __attribute__((always_inline)) void SUF(dots)(const REAL *restrict w, size_t stride, int rows,
+                                                           const REAL *restrict x, int n, REAL *restrict out) {
+    enum { L = 32 / sizeof(REAL) };
+    SUF(vec) acc[4][2] = {{{0}}}, xv, wv;
+    int i = 0;
+    for (; i + 2 * L <= n; i += 2 * L)
+        for (int half = 0; half < 2; ++half) {
+            memcpy(&xv, x + i + half * L, 32);
+            for (int q = 0; q < rows; ++q) {
+                memcpy(&wv, w + q * stride + i + half * L, 32);
+                acc[q][half] += wv * xv;
+            }
+        }
+    for (int q = 0; q < rows; ++q) {
+        SUF(vec) v = acc[q][0] + acc[q][1];
+        REAL t[L];
+        memcpy(t, &v, 32);
+        for (int width = L / 2; width > 0; width /= 2)
+            for (int k = 0; k < width; ++k) t[k] += t[k + width];
+        REAL sum = t[0];
+        for (int k = i; k < n; ++k) sum += w[q * stride + k] * x[k];
+        out[q] = sum;
+    }
+}
+
+static void SUF(dots_g)(const REAL *w, size_t stride, int rows, const REAL *x, int n, REAL *out) {
+    if (rows == 4) SUF(dots)(w, stride, 4, x, n, out);
+    else if (rows == 3) SUF(dots)(w, stride, 3, x, n, out);
+    else SUF(dots)(w, stride, 1, x, n, out);
+}
+
+/* The element-wise cell for n neurons: gate g of neuron k at gx[g*n + k] (gate-major);
+ * h, c: the neurons' state (c only for the LSTM), updated in place. */
+static void SUF(pointwise)(int cell, const REAL *restrict gx, const REAL *restrict gh, int n, REAL *restrict h,
+                           REAL *restrict c) {
+    if (cell == CELL_RNN) {
+        for (int k = 0; k < n; ++k) h[k] = SUF(tanh_)(gx[k] + gh[k]);
+    } else if (cell == CELL_GRU) {
+        for (int k = 0; k < n; ++k) {
+            const REAL r = SUF(sigmoid)(gx[k] + gh[k]);
+            const REAL z = SUF(sigmoid)(gx[n + k] + gh[n + k]);
+            const REAL nn = SUF(tanh_)(gx[2 * n + k] + r * gh[2 * n + k]);
+            h[k] = (ONE - z) * nn + z * h[k];
+        }
+    } else {
+        for (int k = 0; k < n; ++k) {
+            const REAL i = SUF(sigmoid)(gx[k] + gh[k]);
+            const REAL f = SUF(sigmoid)(gx[n + k] + gh[n + k]);
+            const REAL g = SUF(tanh_)(gx[2 * n + k] + gh[2 * n + k]);
+            const REAL o = SUF(sigmoid)(gx[3 * n + k] + gh[3 * n + k]);
+            c[k] = f * c[k] + i * g;
+            h[k] = o * SUF(tanh_)(c[k]);
+        }
+    }
+}
+
+/* The element-wise cell for a batch: rows r < n of gx and gh ((n, G*D) gate-major, row
+ * strides gx_ld and gh_ld), state s (n, K, D) contiguous -> out (n, K, D). One call replaces
+ * the ~10 element-wise tensor operations of cells.pointwise (and their temporaries) in the
+ * batched fast paths. */
+void SUF(pointwise_rows)(int cell, const REAL *gx, int64_t gx_ld, const REAL *gh, int64_t gh_ld, int64_t n, int d,
+                         const REAL *s, REAL *out) {
+    const int k = parts(cell);
+    for (int64_t r = 0; r < n; ++r) {
+        REAL *h = out + (size_t)r * k * d;
+        memcpy(h, s + (size_t)r * k * d, sizeof(REAL) * (size_t)k * d);
+        SUF(pointwise)(cell, gx + (size_t)r * gx_ld, gh + (size_t)r * gh_ld, d, h, h + d);
+    }
+}
+
+/* One layer in place given its input projection gx (G*D, bias included): s holds h (D)
+ * then, for the LSTM, c (D). gh: G*D scratch. */
+static void SUF(layer_given)(const Net *net, int layer, const REAL *gx, REAL *s, REAL *restrict gh) {
+    const int d = net->hidden, g = gates(net->cell);
+    SUF(affine)(s, d, W(net->w_hh_t, layer), g * d, WB(net->b_hh, layer), g * d, gh);
+    SUF(pointwise)(net->cell, gx, gh, d, s, s + d);
+}
+
+/* One step of the whole stack for one sequence. gx0: layer 0's input projection (G*D) or
+ * NULL to compute it from x; state: (L, K, D); scratch: 2*G*D. */
+static void SUF(stack_given)(const Net *net, const REAL *x, const REAL *gx0, REAL *state, REAL *scratch) {
+    const int d = net->hidden, k = parts(net->cell), g = gates(net->cell);
+    REAL *gx = scratch, *gh = scratch + (size_t)g * d;
+    for (int layer = 0; layer < net->layers; ++layer) {
+        const REAL *given = layer == 0 ? gx0 : NULL;
+        if (!given) {
+            const REAL *in = layer == 0 ? x : state + (size_t)(layer - 1) * k * d;
+            const int in_size = layer == 0 ? net->input_size : d;
+            SUF(affine)(in, in_size, W(net->w_ih_t, layer), g * d, WB(net->b_ih, layer), g * d, gx);
+            given = gx;
+        }
+        SUF(layer_given)(net, layer, given, state + (size_t)layer * k * d, gh);
+    }
+}
+
+void SUF(stack_step)(const Net *net, const REAL *x, REAL *state, REAL *scratch) {
+    SUF(stack_given)(net, x, NULL, state, scratch);
+}
+
+/* σ(gate_w · v + gate_b): Skip RNN's Δũ (eq. 4) or ACT's halting unit. */
+static REAL SUF(gate)(const Net *net, const REAL *v) {
+    return SUF(sigmoid)(SUF(dot)(v, (const REAL *)net->gate_w, net->hidden) + (REAL)net->gate_b);
+}
+
+/* Δũ of Skip RNN from the top layer's c (LSTM) or h. */
+double SUF(update_increment)(const Net *net, const REAL *state) {
+    const int d = net->hidden, k = parts(net->cell);
+    return SUF(gate)(net, state + (size_t)(net->layers - 1) * k * d + (size_t)(k - 1) * d);
+}
+
+/* Skip RNN: the jump-ahead loop over x (T, I) from step `first` to `end` (exclusive).
+ * After an update with increment Δũ the next is floor(threshold / Δũ) + 1 steps later (eq. 6).
+ * Writes each update's step, new top-layer h (D) and Δũ; returns the number of updates. */
+int64_t SUF(skip_run)(const Net *net, const REAL *x, int64_t first, int64_t end, double threshold, REAL *state,
+                      REAL *scratch, int64_t *steps, REAL *hidden, REAL *deltas) {
+    const int d = net->hidden, k = parts(net->cell);
+    const REAL *top_h = state + (size_t)(net->layers - 1) * k * d;
+    int64_t count = 0;
+    double t = (double)first;
+    while (t < (double)end) {
+        const int64_t step = (int64_t)t;
+        SUF(stack_step)(net, x + (size_t)step * net->input_size, state, scratch);
+        const REAL delta = (REAL)SUF(update_increment)(net, state);
+        steps[count] = step;
+        memcpy(hidden + (size_t)count * d, top_h, (size_t)d * sizeof *hidden);
+        deltas[count] = delta;
+        ++count;
+        const double skip = (threshold < 1.0 && delta > 0) ? floor(threshold / (double)delta) : INFINITY;
+        t = (double)step + 1.0 + skip;
+    }
+    return count;
+}
+
+/* VCRNN (hard) over `steps` steps of one layer: x (T, C); x_score[t] = v·x_t; u (D) the
+ * scheduler's h weights; state (K, D) in place. m_t = σ(u·h + x_score + b) (times `scale`,
+ * capped at 1), d_t = ceil(m_t D) in 1..D, and only the upper-left blocks are computed: the
+ * G column blocks [g D, g D + d) of W_ih^T and the first d rows of those of W_hh^T.
+ * Writes out (T, D), m (T) and d (T). Returns 0, or -1 if out of memory. */
+int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const REAL *x_score, const REAL *u,
+                double bias, double scale, REAL *state, REAL *out, REAL *ms, int64_t *ds) {
+    const int D = net->hidden, g = gates(net->cell), in = layer == 0 ? net->input_size : D;
+    const REAL *w_ih = W(net->w_ih_t, layer), *w_hh = W(net->w_hh_t, layer);
+    const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
+    REAL *buf = malloc(sizeof(REAL) * 2 * (size_t)g * D);
+    if (!buf) return -1;
+    REAL *gx = buf, *gh = buf + (size_t)g * D, *h = state, *c = state + D;
+    for (int64_t t = 0; t < steps; ++t) {
+        REAL m = SUF(sigmoid)(SUF(dot)(h, u, D) + x_score[t] + (REAL)bias);
+        if (scale != 1.0) {
+            m = m * (REAL)scale;
+            m = m > 1 ? 1 : m;
+        }
+        int64_t d = (int64_t)ceil((double)(m * (REAL)D));
+        d = d < 1 ? 1 : d > D ? D : d;
+        const int n = (int)d;
+        const REAL *xt = x + (size_t)t * in;
+        for (int q = 0; q < g; ++q) {
+            SUF(affine)(xt, in, w_ih + (size_t)q * D, g * D, b_ih ? b_ih + (size_t)q * D : NULL, n, gx + (size_t)q * n);
+            SUF(affine)(h, n, w_hh + (size_t)q * D, g * D, b_hh ? b_hh + (size_t)q * D : NULL, n, gh + (size_t)q * n);
+        }
+        SUF(pointwise)(net->cell, gx, gh, n, h, c);
+        memcpy(out + (size_t)t * D, h, sizeof(REAL) * D);
+        ms[t] = m;
+        ds[t] = d;
+    }
+    free(buf);
+    return 0;
+}
+
+/* SA-RNN over `steps` steps of one layer: x (T, C); gate_x (T, D) = W_i x_t + b; diag (D)
+ * the diagonal of W_u; state (K, D) in place. ũ = hardσ(diag ⊙ h + gate_x) (clamp((αz+1)/2));
+ * only the neurons with ũ > threshold are computed: their G rows of W_ih and W_hh (torch's
+ * layout, rows contiguous) as dot products with x_t and the old h. Writes out (T, D), the
+ * binary mask (T, D) and Σ_i ũ (T). Returns 0, or -1 if out of memory. */
+int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const REAL *gate_x, const REAL *diag,
+                double slope, double threshold, REAL *state, REAL *out, REAL *mask, REAL *lik) {
+    const int D = net->hidden, g = gates(net->cell), in = layer == 0 ? net->input_size : D;
+    const REAL *w_ih = W(net->w_ih, layer), *w_hh = W(net->w_hh, layer);
+    const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
+    REAL *buf = malloc(sizeof(REAL) * (2 * (size_t)g * D + 2 * (size_t)D));
+    int *active = malloc(sizeof(int) * (size_t)D);
+    if (!buf || !active) {
+        free(buf);
+        free(active);
+        return -1;
+    }
+    REAL *gx = buf, *gh = buf + (size_t)g * D, *hk = gh + (size_t)g * D, *ck = hk + D;
+    REAL *h = state, *c = state + D;
+    const REAL a = (REAL)slope, thr = (REAL)threshold;
+    for (int64_t t = 0; t < steps; ++t) {
+        const REAL *xt = x + (size_t)t * in, *gxt = gate_x + (size_t)t * D;
+        REAL *mt = mask + (size_t)t * D, sum = 0;
+        int n = 0;
+        for (int i = 0; i < D; ++i) {
+            REAL l = (a * (diag[i] * h[i] + gxt[i]) + 1) / 2;
+            l = l < 0 ? 0 : l > 1 ? 1 : l;
+            sum += l;
+            mt[i] = l > thr ? 1 : 0;
+            if (l > thr) active[n++] = i;
+        }
+        lik[t] = sum;
+        for (int j = 0; j < n; ++j) { /* every product reads the old h: done before any update */
+            REAL px[4], ph[4];
+            const int i = active[j];
+            SUF(dots_g)(w_ih + (size_t)i * in, (size_t)D * in, g, xt, in, px); /* rows q·D + i, q < G */
+            SUF(dots_g)(w_hh + (size_t)i * D, (size_t)D * D, g, h, D, ph);
+            for (int q = 0; q < g; ++q) {
+                const size_t row = (size_t)q * D + i;
+                gx[q * n + j] = (b_ih ? b_ih[row] : 0) + px[q];
+                gh[q * n + j] = (b_hh ? b_hh[row] : 0) + ph[q];
+            }
+            hk[j] = h[active[j]];
+            ck[j] = parts(net->cell) == 2 ? c[active[j]] : 0;
+        }
+        SUF(pointwise)(net->cell, gx, gh, n, hk, ck);
+        for (int j = 0; j < n; ++j) {
+            h[active[j]] = hk[j];
+            if (parts(net->cell) == 2) c[active[j]] = ck[j];
+        }
+        memcpy(out + (size_t)t * D, h, sizeof(REAL) * D);
+    }
+    free(buf);
+    free(active);
+    return 0;
+}
+
+/* ACT over `steps` steps: gx0 (T, G*D) layer 0's input projection; flag (G*D) added at the
+ * first ponder step; state (L, K, D) in place. Each step ponders until Σ h_n ≥ threshold or
+ * n = max_steps (h_n = σ(W_h · top h + b_h)); the new state is the mean field Σ p_n s_n with
+ * p_n = h_n before the halting step and the remainder R = 1 - Σ h at it. Writes out (T, D),
+ * N(t) and R(t). Returns 0, or -1 if out of memory. */
+int SUF(act_run)(const Net *net, const REAL *gx0, int64_t steps, const REAL *flag, int64_t max_steps,
+                 double threshold, REAL *state, REAL *out, REAL *ponders, REAL *remainders) {
+    const int D = net->hidden, g = gates(net->cell), k = parts(net->cell);
+    const size_t size = (size_t)net->layers * k * D;
+    REAL *buf = malloc(sizeof(REAL) * (2 * size + 3 * (size_t)g * D));
+    if (!buf) return -1;
+    REAL *s = buf, *mean = buf + size, *first = mean + size, *scratch = first + (size_t)g * D;
+    const REAL *top_h = s + (size_t)(net->layers - 1) * k * D;
+    const REAL thr = (REAL)threshold;
+    for (int64_t t = 0; t < steps; ++t) {
+        const REAL *gxt = gx0 + (size_t)t * g * D;
+        for (int i = 0; i < g * D; ++i) first[i] = gxt[i] + flag[i];
+        memcpy(s, state, sizeof(REAL) * size);
+        memset(mean, 0, sizeof(REAL) * size);
+        REAL cum = 0;
+        for (int64_t n = 1; n <= max_steps; ++n) {
+            SUF(stack_given)(net, NULL, n == 1 ? first : gxt, s, scratch);
+            const REAL hp = SUF(gate)(net, top_h);
+            const int stop = cum + hp >= thr || n == max_steps;
+            const REAL p = stop ? 1 - cum : hp;
+            for (size_t i = 0; i < size; ++i) mean[i] += p * s[i];
+            if (stop) {
+                ponders[t] = (REAL)n;
+                remainders[t] = 1 - cum;
+                break;
+            }
+            cum = cum + hp;
+        }
+        memcpy(state, mean, sizeof(REAL) * size);
+        memcpy(out + (size_t)t * D, state + (size_t)(net->layers - 1) * k * D, sizeof(REAL) * D);
+    }
+    free(buf);
+    return 0;
+}
+
+#undef W
+#undef WB
