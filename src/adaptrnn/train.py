@@ -46,6 +46,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig, load_config_file, make_config, save_config
+from .distributed import close_group, init_group
 from .evaluation import evaluate_split, measure_inference, sample_arrays, solved, valid_steps
 from .layer import RecurrentState
 from .model import SequenceModel, build_model, count_parameters, set_schedule_values
@@ -142,9 +143,7 @@ class Trainer:
         self.ddp = self.model
         self.owns_group = False
         if self.world > 1:
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-                self.owns_group = True
+            self.owns_group = init_group(self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
 
@@ -186,14 +185,12 @@ class Trainer:
             if writer is not None:
                 writer.close()
         result = self.finish() if main else None
-        if self.world > 1:
-            # Wait for rank 0's test evaluation; waiting with the GIL released also lets gloo's
-            # threads free finished work that holds Python tensors. Destroying the group while one
-            # of them still waits for the GIL deadlocks.
-            dist.barrier()
-            if self.owns_group:
-                dist.destroy_process_group()
+        if self.world > 1:  # waits for rank 0's test evaluation; see adaptrnn.distributed for the order
+            close_group(self._release_ddp, self.owns_group)
         return result
+
+    def _release_ddp(self) -> None:
+        self.ddp = self.model
 
     def _train_step(self, step: int) -> None:
         cfg = self.config
