@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .checkpoint import atomic_write
 from .model import model_options, parse_model_name
 from .tasks import TASKS, task_options
 
@@ -200,11 +201,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write the fully resolved config as YAML (tuples as lists)."""
+    """Write the fully resolved config as YAML (tuples as lists), atomically (a kill leaves the old file)."""
     data = dataclasses.asdict(config)
     for group in ("task_options", "method_options"):
         data[group] = {k: list(v) if isinstance(v, tuple) else v for k, v in data[group].items()}
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    text = yaml.safe_dump(data, sort_keys=False)
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def make_config(
