@@ -32,7 +32,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linu
 def config():
     # budget > 0 and stochastic: the RNG state and the best/last choice both matter on resume
     extra = ["stochastic=true", "budget=1e-2"]
-    return make_config(overrides={"task": "adding", "model": "skip-gru", "steps": 4, "device": "cpu"}, sets=SETS + extra)
+    overrides = {"task": "adding", "model": "skip-gru", "steps": 4, "device": "cpu"}
+    return make_config(overrides=overrides, sets=SETS + extra)
 
 
 def train_killed_at(n: int, out: Path) -> bool:
