@@ -269,6 +269,24 @@ def make_config(
     return config
 
 
+# Settings a resumed run may take from the command line without --allow-changed-settings:
+# extending the run (steps) and where it runs. The rest define the experiment.
+RESUME_FREE = ("steps", "device", "threads")
+# Settings that fix the shapes of the saved weights: a resumed run can never change them.
+RESUME_FIXED = ("task", "model", "hidden_size", "num_layers", "embed_size")
+
+
+def changed_settings(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{name: (old value, new value)}`` for every setting that differs; options as ``task.X`` / ``method.X``."""
+    flat = []
+    for config in (old, new):
+        values = dataclasses.asdict(config)
+        for group in ("task_options", "method_options"):
+            values.update({f"{group.split('_')[0]}.{k}": v for k, v in values.pop(group).items()})
+        flat.append(values)
+    return {k: (flat[0].get(k), flat[1].get(k)) for k in flat[0] | flat[1] if flat[0].get(k) != flat[1].get(k)}
+
+
 def _split_set(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
