@@ -78,6 +78,23 @@ def test_resume_extends_a_finished_run(run_dir, tmp_path, capsys):
     assert_one_line_error(capsys, main(train_args(copy)), "already holds a run", "--resume")
 
 
+def test_a_run_killed_at_its_first_checkpoint_is_started_again(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "checkpoints")  # as a kill while the first checkpoint was staged leaves it:
+    (copy / "checkpoints" / ".last.new4242").mkdir(parents=True)  # no checkpoint, a staging folder
+    (copy / "checkpoints" / ".last.new4242" / "model.safetensors").write_bytes(b"half")
+    (copy / ".metrics.jsonl.tmp4242").write_bytes(b"half")
+    resume = ["train", "--resume", "--out", str(copy), "--no-progress"]
+    err = assert_one_line_error(capsys, main(resume), "no checkpoint to resume from", "without --resume")
+    assert "--resume to continue" not in err
+    assert main(train_args(copy)) == 0  # the plain command starts it again instead of sending back to --resume
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["best", "last"]
+    assert not [p for p in copy.iterdir() if p.name.startswith(".")]
+
+
 def test_resume_refuses_changed_settings_unless_allowed(run_dir, tmp_path, capsys):
     import shutil
 
