@@ -20,6 +20,7 @@ from adaptrnn.checkpoint import load_checkpoint, recover_checkpoints, save_check
 from adaptrnn.config import ConfigError, make_config
 from adaptrnn.model import build_model
 from adaptrnn.tasks import make_task
+from adaptrnn.tasks.synthetic import AddingTask
 from adaptrnn.train import Trainer, train
 
 KILLED = 77
@@ -124,3 +125,23 @@ def test_a_checkpoint_moved_aside_is_put_back(tmp_path):
     recover_checkpoints(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
     assert load_checkpoint(tmp_path / "last", model)["step"] == 3
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path, monkeypatch):
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    train(config(), straight, progress=False)
+    original = AddingTask.train_batch
+
+    def stop_at_3(self, step, batch_size):
+        if step == 3:
+            raise KeyboardInterrupt  # after the checkpoint of step 2
+        return original(self, step, batch_size)
+
+    monkeypatch.setattr(AddingTask, "train_batch", stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(), cut, progress=False)
+    monkeypatch.setattr(AddingTask, "train_batch", original)
+    with open(cut / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # a kill in the middle of appending a line
+    Trainer(config(), cut, resume=True, progress=False).run()
+    assert lines(cut) == lines(straight)

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, TrainConfig
+from .config import (
+    RESUME_FIXED,
+    RESUME_FREE,
+    ConfigError,
+    TrainConfig,
+    changed_settings,
+    load_config_file,
+    make_config,
+)
 
 # Commands whose module (adaptrnn.<name>) provides add_arguments(parser) and run(args) -> int.
 DELEGATED = {
@@ -86,7 +94,6 @@ def build_parser(command: str | None = None) -> Parser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .config import load_config_file, make_config
     from .evaluation import summary_line
     from .plot import plot_curves, plot_update_pattern
     from .train import train
@@ -121,8 +128,6 @@ def resume_config(out: Path, args: argparse.Namespace, flags: dict[str, Any]) ->
     checkpoint's weights have the run's shapes). Any change is announced on stderr, since
     config.yaml is rewritten with it.
     """
-    from .config import RESUME_FIXED, RESUME_FREE, changed_settings, load_config_file, make_config
-
     if args.config:
         raise ConfigError("--resume continues with the run's own config.yaml; drop --config")
     if not (out / "config.yaml").is_file():

@@ -5,8 +5,8 @@ worker thread that has just finished a collective frees that collective's tensor
 had already dropped those tensors, freeing them takes the GIL. If the thread that destroys the
 group holds the GIL, the two wait for each other forever; during interpreter shutdown the worker
 cannot take the GIL at all and the process aborts. Both happened when the group's last owner was
-the DDP reducer (freed by the garbage collector, GIL held) or a module-level function default
-(freed at interpreter shutdown). So the order here is fixed:
+the DDP reducer (freed with the trainer, GIL held) or a module-level function default (freed at
+interpreter shutdown). So the order here is fixed:
 
 1. every rank leaves its last collective (``dist.barrier``);
 2. the caller drops the DDP wrapper, so its reducer lets go of the group while the group is
