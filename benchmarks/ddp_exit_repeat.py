@@ -7,6 +7,8 @@ behind counts as an orphan (and is killed too).
     python benchmarks/ddp_exit_repeat.py --runs 50                      # both kinds, 50 each
     python benchmarks/ddp_exit_repeat.py --runs 20 --kinds torchrun --timeout 120
 
+Measured output: benchmarks/results/ddp_exit_repeat.txt.
+
 Kinds:
     test      ``pytest tests/test_train.py -k ddp`` (the DDP test of the suite);
     torchrun  ``torchrun --standalone --nproc_per_node 2 -m adaptrnn.cli train`` on a tiny
