@@ -77,6 +77,54 @@ def test_resume_extends_a_finished_run(run_dir, tmp_path, capsys):
     assert_one_line_error(capsys, main(train_args(copy)), "already holds a run", "--resume")
 
 
+def test_a_run_killed_at_its_first_checkpoint_is_started_again(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "checkpoints")  # as a kill while the first checkpoint was staged leaves it:
+    (copy / "checkpoints" / ".last.new4242").mkdir(parents=True)  # no checkpoint, a staging folder
+    (copy / "checkpoints" / ".last.new4242" / "model.safetensors").write_bytes(b"half")
+    (copy / ".metrics.jsonl.tmp4242").write_bytes(b"half")
+    resume = ["train", "--resume", "--out", str(copy), "--no-progress"]
+    err = assert_one_line_error(capsys, main(resume), "no checkpoint to resume from", "without --resume")
+    assert "--resume to continue" not in err
+    assert main(train_args(copy)) == 0  # the plain command starts it again instead of sending back to --resume
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["best", "last"]
+    assert not [p for p in copy.iterdir() if p.name.startswith(".")]
+
+
+def test_resume_refuses_changed_settings_unless_allowed(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    saved = (copy / "config.yaml").read_bytes()
+    weights = (copy / "checkpoints" / "last" / "model.safetensors").read_bytes()
+    resume = ["train", "--resume", "--out", str(copy), "--no-progress"]
+    err = assert_one_line_error(capsys, main([*resume, "--set", "lr=0.5"]), "lr 0.001 -> 0.5", "would change")
+    assert "pass --allow-changed-settings" in err
+    assert_one_line_error(capsys, main([*resume, "--seed", "3", "--set", "budget=0.5"]), "seed 0 -> 3", "method.budget")
+    # another model: said as such (the model's options were the complaint before)
+    err = assert_one_line_error(capsys, main([*resume, "--model", "gru"]), "--model gru differs", "'skip-gru'")
+    assert "unknown option" not in err
+    assert_one_line_error(capsys, main([*resume, "--set", "model=lstm"]), "--model lstm differs")
+    assert_one_line_error(capsys, main([*resume, "--task", "parity"]), "--task parity differs", "'adding'")
+    allowed = [*resume, "--allow-changed-settings"]
+    assert_one_line_error(capsys, main([*allowed, "--set", "hidden_size=9"]), "cannot change hidden_size 8 -> 9")
+    assert_one_line_error(capsys, main(train_args(tmp_path / "new", "--allow-changed-settings")), "--resume only")
+    # nothing was written by the refused commands
+    assert (copy / "config.yaml").read_bytes() == saved
+    assert (copy / "checkpoints" / "last" / "model.safetensors").read_bytes() == weights
+    assert not (tmp_path / "new").exists()
+    # told explicitly: the change is made, announced and recorded
+    assert main([*allowed, "--set", "lr=0.5", "--steps", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming with" in err and "lr 0.001 -> 0.5" in err and "steps 3 -> 4" in err
+    config = make_config(load_config_file(copy / "config.yaml"))
+    assert (config.lr, config.steps) == (0.5, 4)
+
+
 def test_report_command(run_dir, capsys):
     assert main(["report", str(run_dir)]) == 0
     assert "skip-gru" in capsys.readouterr().out

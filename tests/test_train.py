@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,6 +263,14 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, sets: list[str]) -> 
     trainer = Trainer(config, out, progress=False)
     trainer.run()
     torch.save(trainer.model.state_dict(), f"{out}/rank{rank}.pt")
+    # The group is gone (its worker threads joined) when run() returns, though the trainer lives:
+    # a group left for the garbage collector or interpreter exit to free could deadlock there.
+    with open(f"{out}/threads{rank}.txt", "w") as f:
+        f.write("\n".join(_thread_names()))
+
+
+def _thread_names() -> list[str]:
+    return [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
 
 
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
@@ -285,3 +294,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
         assert torch.equal(value, rank1[name]), name
         torch.testing.assert_close(value, single.model.state_dict()[name], atol=1e-5, rtol=1e-4)
     assert json.loads((tmp_path / "ddp/result.json").read_text())["world_size"] == 2
+    if Path("/proc/self/task").is_dir():  # Linux: threads are listed with their names
+        for rank in (0, 1):
+            names = (tmp_path / f"ddp/threads{rank}.txt").read_text().split()
+            assert not [n for n in names if "gloo" in n], names

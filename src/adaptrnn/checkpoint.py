@@ -1,10 +1,19 @@
-"""Checkpoints: weights as safetensors, trainer state via ``torch.save``, each file written atomically;
+"""Checkpoints: weights as safetensors, trainer state via ``torch.save``, committed as one unit;
 and the RNG states a checkpoint must hold for an exact resume.
 
-A checkpoint is a directory with ``model.safetensors`` and ``trainer_state.pt``. Each file is
-written to a temporary file in the same directory, fsynced and moved into place with
-``os.replace``, so a crash leaves either the old or the new file, never a torn one. Both files
-record the step; loading refuses a pair whose steps differ (a crash between the two writes).
+A checkpoint is a directory with ``model.safetensors`` and ``trainer_state.pt``, both of the
+same step. :func:`save_checkpoint` writes the two files into a fresh sibling directory
+(``.NAME.new<pid>``), fsyncs them and that directory, then moves it into place: the old
+directory is renamed aside (``.NAME.old<pid>``), the new one renamed to ``NAME`` and the old one
+deleted. A kill at any instant therefore leaves one of:
+
+* ``NAME`` complete (old or new), perhaps with a stale ``.new``/``.old`` sibling;
+* no ``NAME`` but ``.NAME.old<pid>``, the previous checkpoint, complete (killed between the two
+  renames).
+
+:func:`recover_checkpoints`, run when a trainer starts, puts such an ``.old`` directory back and
+deletes stale staging directories and temporary files, so the previous checkpoint is always
+resumable. Loading still refuses a pair whose steps differ (files copied by hand).
 The trainer state is read with ``torch.load(weights_only=True)``: tensors and plain containers
 only, so loading a checkpoint never runs code from the file.
 """
@@ -13,6 +22,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -38,30 +49,99 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, write)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)  # make the rename itself durable
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, state: dict[str, Any]) -> None:
-    """Write ``model``'s weights and the trainer ``state`` (which must hold ``step``) to ``directory``."""
+    """Write ``model``'s weights and the trainer ``state`` (which must hold ``step``) to ``directory``.
+
+    The two files are committed together (see the module docstring): a reader sees the previous
+    pair or the new one, never one file of each.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
     step = int(state["step"])
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = safetensors_bytes(tensors, metadata={"format": FORMAT, "step": str(step)})
-    atomic_write(directory / WEIGHTS, lambda f: f.write(blob))
     payload = {"format": FORMAT, "version": VERSION, **state}
-    atomic_write(directory / STATE, lambda f: torch.save(payload, f))
+    staging = directory.with_name(f".{directory.name}.new{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        _write_synced(staging / WEIGHTS, lambda f: f.write(blob))
+        _write_synced(staging / STATE, lambda f: torch.save(payload, f))
+        _fsync_dir(staging)
+        aside = directory.with_name(f".{directory.name}.old{os.getpid()}")
+        if directory.exists():
+            os.replace(directory, aside)
+            _fsync_dir(directory.parent)
+        os.replace(staging, directory)  # the commit
+        _fsync_dir(directory.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>new|old)(?P<pid>\d+)$")
+_TEMP_FILE = re.compile(r"^\..+\.tmp\d+$")
+
+
+def recover_checkpoints(root: str | Path) -> None:
+    """Undo what a kill during :func:`save_checkpoint` or :func:`atomic_write` left in ``root``.
+
+    A checkpoint moved aside whose replacement never arrived is put back; staging directories,
+    checkpoints moved aside and since replaced, and temporary files are deleted. Safe to call from
+    several processes at once (DDP ranks): each step tolerates another process having done it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for entry in sorted(root.iterdir()):
+        match = _STAGING.match(entry.name)
+        if match and entry.is_dir():
+            target = root / match["name"]
+            if match["kind"] == "old" and not target.exists():
+                try:
+                    os.replace(entry, target)
+                    continue
+                except OSError:  # another process put it back first
+                    pass
+            shutil.rmtree(entry, ignore_errors=True)
+    remove_temp_files(root)
+    for checkpoint in root.iterdir():
+        if checkpoint.is_dir():  # temporary files of the old file-by-file layout
+            remove_temp_files(checkpoint)
+    _fsync_dir(root)
+
+
+def remove_temp_files(directory: str | Path) -> None:
+    """Delete the ``.NAME.tmp<pid>`` files that a killed :func:`atomic_write` left in ``directory``."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            if _TEMP_FILE.match(entry.name) and entry.is_file():
+                entry.unlink(missing_ok=True)
+
+
+def _write_synced(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":  # directories cannot be opened for fsync elsewhere
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_weights(path: str | Path, model: nn.Module) -> int:

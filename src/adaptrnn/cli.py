@@ -15,9 +15,18 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import CheckpointError
-from .config import ConfigError
+from .config import (
+    RESUME_FIXED,
+    RESUME_FREE,
+    ConfigError,
+    TrainConfig,
+    changed_settings,
+    load_config_file,
+    make_config,
+)
 
 # Commands whose module (adaptrnn.<name>) provides add_arguments(parser) and run(args) -> int.
 DELEGATED = {
@@ -61,7 +70,16 @@ def build_parser(command: str | None = None) -> Parser:
         help="any trainer field, task option or method option (e.g. budget=1e-5, lr=1e-3, length=100)",
     )
     train.add_argument("--config", help="YAML config file (e.g. configs/skip_rnn/adding_skip_lstm_l1e-5.yaml)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, with its own settings (--steps may extend it)",
+    )
+    train.add_argument(
+        "--allow-changed-settings",
+        action="store_true",
+        help="with --resume: continue with the --set values that differ from the run's (config.yaml is updated)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--out", required=True, help="run directory")
 
@@ -113,22 +131,18 @@ def check_out_dir(out: Path) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .config import load_config_file, make_config
     from .evaluation import summary_line
     from .plot import plot_curves, plot_update_pattern
     from .train import train
 
     out = Path(args.out)
-    if args.resume:
-        if args.config:
-            raise ConfigError("--resume continues with the run's own config.yaml; drop --config")
-        if not (out / "config.yaml").is_file():
-            raise ConfigError(f"{out}: nothing to resume (no config.yaml)")
-        base = load_config_file(out / "config.yaml")
-    else:
-        base = load_config_file(args.config) if args.config else {}
     flags = {"task": args.task, "model": args.model, "steps": args.steps, "seed": args.seed, "device": args.device}
-    config = make_config(base, flags, args.set)
+    if args.resume:
+        config = resume_config(out, args, flags)
+    else:
+        if args.allow_changed_settings:
+            raise ConfigError("--allow-changed-settings applies to --resume only")
+        config = make_config(load_config_file(args.config) if args.config else {}, flags, args.set)
     result = train(config, out, resume=args.resume, progress=not args.no_progress)
     if result is None:  # DDP ranks other than 0
         return 0
@@ -141,6 +155,50 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"adaptrnn: training diverged: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def resume_config(out: Path, args: argparse.Namespace, flags: dict[str, Any]) -> TrainConfig:
+    """The config a resumed run continues with: the run's own, unless changes are allowed explicitly.
+
+    ``--steps``, ``--device`` and ``threads`` may differ freely; other changed settings need
+    ``--allow-changed-settings``; the task, the model and the layer sizes never change (the
+    checkpoint's weights have the run's shapes). Any change is announced on stderr, since
+    config.yaml is rewritten with it.
+    """
+    if args.config:
+        raise ConfigError("--resume continues with the run's own config.yaml; drop --config")
+    if not (out / "config.yaml").is_file():
+        raise ConfigError(f"{out}: nothing to resume (no config.yaml)")
+    base = load_config_file(out / "config.yaml")
+    saved = make_config(base)
+    asked = {k: v for k, v in flags.items() if v is not None}
+    asked.update((k.strip(), v) for k, _, v in (s.partition("=") for s in args.set) if k.strip() in ("task", "model"))
+    for key in ("task", "model"):  # before make_config, whose complaint would be about the other model's options
+        if key in asked and str(asked[key]).strip() != getattr(saved, key):
+            raise ConfigError(
+                f"--{key} {str(asked[key]).strip()} differs from the run's {key} {getattr(saved, key)!r}; "
+                f"--resume continues a run with its own {key} (choose another --out for a new run)"
+            )
+    config = make_config(base, flags, args.set)
+    changes = changed_settings(saved, config)
+    fixed = [k for k in changes if k in RESUME_FIXED]
+    if fixed:
+        shapes = "the checkpoint's weights have the run's shapes"
+        raise ConfigError(f"--resume cannot change {_describe(changes, fixed)}: {shapes}")
+    guarded = [k for k in changes if k not in RESUME_FREE]
+    if guarded and not args.allow_changed_settings:
+        raise ConfigError(
+            f"--resume would change the run's settings ({_describe(changes, guarded)}); "
+            "pass --allow-changed-settings to continue with them, or drop them"
+        )
+    if changes and os.environ.get("RANK", "0") == "0":
+        described = _describe(changes, list(changes))
+        print(f"adaptrnn: note: resuming with {described} (config.yaml updated)", file=sys.stderr)
+    return config
+
+
+def _describe(changes: dict[str, tuple[Any, Any]], keys: list[str]) -> str:
+    return ", ".join(f"{k} {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .checkpoint import atomic_write
 from .model import model_options, parse_model_name
 from .tasks import TASKS, task_options
 
@@ -210,11 +211,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write the fully resolved config as YAML (tuples as lists)."""
+    """Write the fully resolved config as YAML (tuples as lists), atomically (a kill leaves the old file)."""
     data = dataclasses.asdict(config)
     for group in ("task_options", "method_options"):
         data[group] = {k: list(v) if isinstance(v, tuple) else v for k, v in data[group].items()}
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    text = yaml.safe_dump(data, sort_keys=False)
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def make_config(
@@ -275,6 +277,24 @@ def make_config(
     config = TrainConfig(task, model, options["task"], options["method"], **values)
     _validate(config)
     return config
+
+
+# Settings a resumed run may take from the command line without --allow-changed-settings:
+# extending the run (steps) and where it runs. The rest define the experiment.
+RESUME_FREE = ("steps", "device", "threads")
+# Settings that fix the shapes of the saved weights: a resumed run can never change them.
+RESUME_FIXED = ("task", "model", "hidden_size", "num_layers", "embed_size")
+
+
+def changed_settings(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{name: (old value, new value)}`` for every setting that differs; options as ``task.X`` / ``method.X``."""
+    flat = []
+    for config in (old, new):
+        values = dataclasses.asdict(config)
+        for group in ("task_options", "method_options"):
+            values.update({f"{group.split('_')[0]}.{k}": v for k, v in values.pop(group).items()})
+        flat.append(values)
+    return {k: (flat[0].get(k), flat[1].get(k)) for k in flat[0] | flat[1] if flat[0].get(k) != flat[1].get(k)}
 
 
 def _split_set(item: str) -> tuple[str, str]:

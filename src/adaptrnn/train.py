@@ -6,7 +6,8 @@ Run directory (``out_dir``)::
     metrics.jsonl        one JSON line per log interval
     tb/                  TensorBoard event files
     checkpoints/last/    model.safetensors + trainer_state.pt, written at every validation
-    checkpoints/best/    the same, for the best validation metric so far
+    checkpoints/best/    the same, for the best validation metric so far (both committed as one
+                         unit each; a kill while saving leaves the previous one: see checkpoint.py)
     result.json          test metrics of the best checkpoint (see ``Trainer.finish``)
     samples.npz          per-step computation on 8 test sequences (see ``evaluation.sample_arrays``)
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ from .checkpoint import (
     atomic_write,
     load_checkpoint,
     load_weights,
+    recover_checkpoints,
+    remove_temp_files,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -46,6 +50,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig, load_config_file, make_config, save_config
 from .console import progress_bar
+from .distributed import close_group, init_group
 from .evaluation import evaluate_split, measure_inference, sample_arrays, solved, valid_steps
 from .layer import RecurrentState
 from .model import SequenceModel, build_model, count_parameters, set_schedule_values
@@ -124,10 +129,17 @@ class Trainer:
         if config.batch_size % self.world:
             raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {self.world} DDP ranks")
         last = self.out / CHECKPOINTS / "last"
+        recover_checkpoints(self.out / CHECKPOINTS)  # a kill while saving leaves the previous checkpoint
+        remove_temp_files(self.out)
         if resume and not last.is_dir():
-            raise ConfigError(f"{self.out}: no checkpoint to resume from ({last} missing)")
-        if not resume and (self.out / CHECKPOINTS).exists():
+            raise ConfigError(
+                f"{self.out}: no checkpoint to resume from ({last} missing); "
+                "a run stopped before its first checkpoint starts again without --resume"
+            )
+        if not resume and last.is_dir():
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if not resume:  # what a run killed before its first complete checkpoint left (e.g. best/ only)
+            shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
         configure_cpu(config)
         seed_everything(config.seed)
         self.task = build_task(config)
@@ -146,9 +158,7 @@ class Trainer:
         self.ddp = self.model
         self.owns_group = False
         if self.world > 1:
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-                self.owns_group = True
+            self.owns_group = init_group(self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
 
@@ -190,14 +200,12 @@ class Trainer:
             if writer is not None:
                 writer.close()
         result = self.finish() if main else None
-        if self.world > 1:
-            # Wait for rank 0's test evaluation; waiting with the GIL released also lets gloo's
-            # threads free finished work that holds Python tensors. Destroying the group while one
-            # of them still waits for the GIL deadlocks.
-            dist.barrier()
-            if self.owns_group:
-                dist.destroy_process_group()
+        if self.world > 1:  # waits for rank 0's test evaluation; see adaptrnn.distributed for the order
+            close_group(self._release_ddp, self.owns_group)
         return result
+
+    def _release_ddp(self) -> None:
+        self.ddp = self.model
 
     def _train_step(self, step: int) -> None:
         cfg = self.config
@@ -297,7 +305,7 @@ class Trainer:
         save_config(self.config, self.out / "config.yaml")
         metrics = self.out / "metrics.jsonl"
         if metrics.exists():  # resuming: drop lines logged after the checkpoint
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            kept = [line for line in metrics.read_text().splitlines() if _logged_step(line) <= self.step]
             atomic_write(metrics, lambda f: f.write("".join(f"{line}\n" for line in kept).encode()))
         return SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.step else None)
 
@@ -320,9 +328,11 @@ class Trainer:
         if better and not math.isnan(value):
             self.best, self.best_step = value, self.step
         state = self._trainer_state(carried)
-        save_checkpoint(self.out / CHECKPOINTS / "last", self.model, state)
+        # best first: last commits the step, so a kill in between resumes before this step and
+        # rewrites best identically (a kill after last but before best would lose it)
         if self.best_step == self.step:
             save_checkpoint(self.out / CHECKPOINTS / "best", self.model, state)
+        save_checkpoint(self.out / CHECKPOINTS / "last", self.model, state)
 
     def _trainer_state(self, carried: RecurrentState | None) -> dict[str, Any]:
         return {
@@ -454,6 +464,14 @@ def evaluate(run_dir: str | Path, split: str = "test", device: str = "auto") -> 
         "solved": solved(task, metrics["value"]),
         "checkpoint": str(checkpoint),
     }
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; inf for a line cut short by a kill (dropped on resume)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _new_interval() -> dict[str, float]:
