@@ -37,7 +37,7 @@ from campaign_plans import PAPER_CPU, STABILITY, Row  # noqa: E402
 
 from adaptrnn.report import aggregate, collect_runs, tested_checkpoint, to_csv, to_markdown  # noqa: E402
 from adaptrnn.runinfo import collapse_record  # noqa: E402
-from adaptrnn.train import CHECKPOINTS  # noqa: E402
+from adaptrnn.runs import CHECKPOINTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

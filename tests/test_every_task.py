@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from adaptrnn.config import make_config
-from adaptrnn.train import evaluate, train
+from adaptrnn.runs import evaluate
+from adaptrnn.train import train
 from test_tasks import idx_bytes
 
 SMALL = ["val_size=16", "test_size=16"]

@@ -36,7 +36,7 @@ def one_line_error(capsys, code: int, *fragments: str) -> None:
 
 @pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
 def test_export_command_reproduces_the_run(run_dir, tmp_path, capsys, fmt, suffix):
-    from adaptrnn.train import load_run
+    from adaptrnn.runs import load_run
 
     out = tmp_path / "sub" / f"step{suffix}"
     assert main(["export", "--run", str(run_dir), "--format", fmt, "--out", str(out)]) == 0

@@ -25,9 +25,10 @@ from adaptrnn.checkpoint import (
 )
 from adaptrnn.config import make_config
 from adaptrnn.model import MODEL_NAMES, build_model
+from adaptrnn.runs import evaluate
 from adaptrnn.tasks import make_task
 from adaptrnn.tasks.synthetic import AddingTask
-from adaptrnn.train import Trainer, evaluate, train
+from adaptrnn.train import Trainer, train
 
 TINY = [
     "hidden_size=12",

@@ -203,7 +203,7 @@ def _describe(changes: dict[str, tuple[Any, Any]], keys: list[str]) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluation import summary_line
-    from .train import evaluate
+    from .runs import evaluate
 
     result = evaluate(args.run, split=args.split, device=args.device)
     print(summary_line(result))

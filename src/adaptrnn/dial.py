@@ -24,7 +24,7 @@ from .config import ConfigError
 from .console import output_path
 from .evaluation import evaluate_split, measure_inference
 from .options import check_option
-from .train import load_run
+from .runs import load_run
 
 KNOBS: dict[str, tuple[str, tuple[float, ...]]] = {
     "SkipRNN": ("threshold", (0.5, 0.6, 0.7, 0.8, 0.9)),

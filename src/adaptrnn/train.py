@@ -48,61 +48,22 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .config import ConfigError, TrainConfig, load_config_file, make_config, save_config
+from .config import ConfigError, TrainConfig, save_config
 from .console import progress_bar
 from .distributed import close_group, init_group
 from .evaluation import evaluate_split, measure_inference, sample_arrays, solved, valid_steps
 from .layer import RecurrentState
-from .model import SequenceModel, build_model, count_parameters, set_schedule_values
+from .model import count_parameters, set_schedule_values
 from .runinfo import GROUPS, group_grad_norms, parameter_groups, run_record
-from .tasks import Batch, Task, make_task
+from .runs import CHECKPOINTS, build_config_model, build_task, configure_cpu, resolve_device
+from .tasks import Batch
 from .tasks.base import slice_batch
 
-CHECKPOINTS = "checkpoints"
 # Consecutive steps with a non-finite gradient after which the run stops: the weights are still
 # finite (those steps were skipped), so something in the data or the setup makes every gradient bad.
 MAX_NONFINITE_STEPS = 50
 INFERENCE_BATCH = 256
 SAMPLE_COUNT = 8
-
-
-def build_task(config: TrainConfig) -> Task:
-    """The task of ``config``; data problems (missing files, bad options) become ConfigError."""
-    options = {k: v for k, v in config.task_options.items() if v is not None}  # None: the task's default
-    try:
-        task = make_task(config.task, seed=config.seed, **options)
-        task.check_batch_size(config.batch_size)
-        return task
-    except (ValueError, TypeError, OSError) as err:
-        raise ConfigError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
-
-
-def build_config_model(config: TrainConfig, task: Task) -> SequenceModel:
-    """The model of ``config`` for ``task``; bad method options become ConfigError."""
-    try:
-        return build_model(
-            task, config.model, config.hidden_size, config.num_layers, config.embed_size, **config.method_options
-        )
-    except (ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from None
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` is cuda when available (this rank's GPU under torchrun), else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but CUDA is not available")
-        return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
-    return torch.device(name)
-
-
-def configure_cpu(config: TrainConfig) -> None:
-    """Size torch's CPU thread pool (None leaves torch's default) and set subnormal flushing."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    torch.set_flush_denormal(config.flush_denormal)
 
 
 class TrainingDiverged(RuntimeError):
@@ -423,47 +384,6 @@ def train(
 ) -> dict[str, Any] | None:
     """Train ``config`` into ``out_dir`` (see :class:`Trainer`); returns result.json's content on rank 0."""
     return Trainer(config, out_dir, resume, progress).run()
-
-
-def load_run(run_dir: str | Path, device: str = "auto") -> tuple[SequenceModel, Task, TrainConfig, torch.device, Path]:
-    """A run's model with its best weights (``last`` if no best), in eval mode.
-
-    Returns the model, its task, the run's config, the device and the checkpoint folder used.
-    """
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = make_config(load_config_file(run_dir / "config.yaml"), {"device": device})
-    configure_cpu(config)
-    task = build_task(config)
-    dev = resolve_device(config.device)
-    model = build_config_model(config, task).to(dev)
-    checkpoint = next(
-        (run_dir / CHECKPOINTS / n for n in ("best", "last") if (run_dir / CHECKPOINTS / n).is_dir()), None
-    )
-    if checkpoint is None:
-        raise ConfigError(f"{run_dir} has no checkpoint")
-    load_weights(checkpoint / "model.safetensors", model)
-    return model.eval(), task, config, dev, checkpoint
-
-
-def evaluate(run_dir: str | Path, split: str = "test", device: str = "auto") -> dict[str, Any]:
-    """Reload a run's config and best weights (``last`` if no best) and recompute its metric.
-
-    Returns task, model, metric, split, value, updates_fraction, updates_per_sequence,
-    flops_per_sequence, dense_flops_per_sequence, solved, checkpoint.
-    """
-    model, task, config, dev, checkpoint = load_run(run_dir, device)
-    metrics = evaluate_split(model, task, split, config.eval_batch_size, dev)
-    return {
-        "task": config.task,
-        "model": config.model,
-        "metric": task.metric_name,
-        "split": split,
-        **{k: v for k, v in metrics.items() if k != "sequences"},
-        "solved": solved(task, metrics["value"]),
-        "checkpoint": str(checkpoint),
-    }
 
 
 def _logged_step(line: str) -> float:

@@ -16,7 +16,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
     Raises ConfigError for a missing run directory or checkpoint (CheckpointError for an
     unreadable one) and for a model that cannot be exported.
     """
-    from ..train import load_run
+    from ..runs import load_run
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
