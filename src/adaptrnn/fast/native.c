@@ -29,7 +29,21 @@ typedef struct {
     const void *const *w_hh;   /* per layer (G*D, D) */
     const void *gate_w;        /* (D) Skip RNN's W_p, ACT's W_h, or NULL */
     double gate_b;             /* b_p / b_h */
+    int32_t threads;           /* threads for one step's products (torch.get_num_threads(), set per call) */
 } Net;
+
+/* Below this many multiply-adds a step's products stay on one thread: a fork/join costs
+ * ~1-3 us even with the threads spinning, about what 20-40 K multiply-adds take on one core. */
+#define PARALLEL_MIN 32768
+
+/* 1 if built with OpenMP (the loops use net->threads), 0 if serial (the flag was unavailable). */
+int native_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 static inline int gates(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1; }
 static inline int parts(int cell) { return cell == CELL_LSTM ? 2 : 1; }

@@ -15,12 +15,15 @@ static inline REAL SUF(tanh_)(REAL x) {
 
 /* y[0..n) = b + x W for the first n columns of W given transposed with row length ld (in, ld);
  * b may be NULL. Outputs are accumulated in blocks of BLOCK kept in registers over the whole
- * sum, so y is written once and W read once; the inner loops are contiguous axpy's. */
+ * sum, so y is written once and W read once; the inner loops are contiguous axpy's. The work
+ * items are the full blocks then the tail (columns past the last full block): `affine_item`
+ * runs item `it` of `nb` full blocks. Every output is summed over j in order by the same code
+ * whichever thread runs its item, so a split over threads gives identical results. */
 #define BLOCK 128
-static void SUF(affine)(const REAL *restrict x, int in, const REAL *restrict w_t, int ld, const REAL *restrict b, int n,
-                        REAL *restrict y) {
-    int k0 = 0;
-    for (; k0 + BLOCK <= n; k0 += BLOCK) {
+static void SUF(affine_item)(const REAL *restrict x, int in, const REAL *restrict w_t, int ld,
+                             const REAL *restrict b, int n, int it, int nb, REAL *restrict y) {
+    if (it < nb) {
+        const int k0 = it * BLOCK;
         REAL acc[BLOCK];
         for (int i = 0; i < BLOCK; ++i) acc[i] = b ? b[k0 + i] : 0;
         for (int j = 0; j < in; ++j) {
@@ -29,13 +32,37 @@ static void SUF(affine)(const REAL *restrict x, int in, const REAL *restrict w_t
             for (int i = 0; i < BLOCK; ++i) acc[i] += xj * w[i];
         }
         memcpy(y + k0, acc, sizeof acc);
+        return;
     }
+    const int k0 = nb * BLOCK;
     for (int k = k0; k < n; ++k) y[k] = b ? b[k] : 0;
     for (int j = 0; j < in && k0 < n; ++j) {
         const REAL xj = x[j];
         const REAL *restrict w = w_t + (size_t)j * ld;
         for (int k = k0; k < n; ++k) y[k] += xj * w[k];
     }
+}
+
+static inline int SUF(affine_items)(int n) { return n / BLOCK + (n % BLOCK != 0); }
+
+/* Two independent products y1 = b1 + x1 W1 and y2 = b2 + x2 W2 with n outputs each (a layer's
+ * input and hidden projections), their items interleaved over up to `threads` threads (one
+ * fork/join) when there is enough work (PARALLEL_MIN multiply-adds); x2 may be NULL for one. */
+static void SUF(affine2)(const REAL *x1, int in1, const REAL *w1, const REAL *b1, REAL *y1, const REAL *x2, int in2,
+                         const REAL *w2, const REAL *b2, REAL *y2, int ld, int n, int threads) {
+    const int nb = n / BLOCK, items = SUF(affine_items)(n), total = x2 ? 2 * items : items;
+    const long work = (long)n * (in1 + (x2 ? in2 : 0));
+    (void)threads, (void)work;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && total > 1 && work >= PARALLEL_MIN)
+    for (int it = 0; it < total; ++it) {
+        if (x2 && it % 2) SUF(affine_item)(x2, in2, w2, ld, b2, n, it / 2, nb, y2);
+        else SUF(affine_item)(x1, in1, w1, ld, b1, n, x2 ? it / 2 : it, nb, y1);
+    }
+}
+
+static void SUF(affine)(const REAL *x, int in, const REAL *w_t, int ld, const REAL *b, int n, REAL *y) {
+    const int nb = n / BLOCK, items = SUF(affine_items)(n);
+    for (int it = 0; it < items; ++it) SUF(affine_item)(x, in, w_t, ld, b, n, it, nb, y);
 }
 
 /* Σ a_i b_i in four 32-byte vector accumulators (GCC / Clang vector extensions; unaligned
@@ -132,28 +159,25 @@ void SUF(pointwise_rows)(int cell, const REAL *gx, int64_t gx_ld, const REAL *gh
     }
 }
 
-/* One layer in place given its input projection gx (G*D, bias included): s holds h (D)
- * then, for the LSTM, c (D). gh: G*D scratch. */
-static void SUF(layer_given)(const Net *net, int layer, const REAL *gx, REAL *s, REAL *restrict gh) {
-    const int d = net->hidden, g = gates(net->cell);
-    SUF(affine)(s, d, W(net->w_hh_t, layer), g * d, WB(net->b_hh, layer), g * d, gh);
-    SUF(pointwise)(net->cell, gx, gh, d, s, s + d);
-}
-
 /* One step of the whole stack for one sequence. gx0: layer 0's input projection (G*D) or
- * NULL to compute it from x; state: (L, K, D); scratch: 2*G*D. */
+ * NULL to compute it from x; state: (L, K, D); scratch: 2*G*D. Each layer's input and hidden
+ * products share one parallel region (net->threads threads). */
 static void SUF(stack_given)(const Net *net, const REAL *x, const REAL *gx0, REAL *state, REAL *scratch) {
     const int d = net->hidden, k = parts(net->cell), g = gates(net->cell);
     REAL *gx = scratch, *gh = scratch + (size_t)g * d;
     for (int layer = 0; layer < net->layers; ++layer) {
-        const REAL *given = layer == 0 ? gx0 : NULL;
-        if (!given) {
-            const REAL *in = layer == 0 ? x : state + (size_t)(layer - 1) * k * d;
-            const int in_size = layer == 0 ? net->input_size : d;
-            SUF(affine)(in, in_size, W(net->w_ih_t, layer), g * d, WB(net->b_ih, layer), g * d, gx);
-            given = gx;
+        REAL *s = state + (size_t)layer * k * d;
+        const REAL *w_hh = W(net->w_hh_t, layer), *b_hh = WB(net->b_hh, layer);
+        if (layer == 0 && gx0) {
+            SUF(affine2)(s, d, w_hh, b_hh, gh, NULL, 0, NULL, NULL, NULL, g * d, g * d, net->threads);
+            SUF(pointwise)(net->cell, gx0, gh, d, s, s + d);
+            continue;
         }
-        SUF(layer_given)(net, layer, given, state + (size_t)layer * k * d, gh);
+        const REAL *in = layer == 0 ? x : state + (size_t)(layer - 1) * k * d;
+        const int in_size = layer == 0 ? net->input_size : d;
+        SUF(affine2)(in, in_size, W(net->w_ih_t, layer), WB(net->b_ih, layer), gx, s, d, w_hh, b_hh, gh, g * d, g * d,
+                     net->threads);
+        SUF(pointwise)(net->cell, gx, gh, d, s, s + d);
     }
 }
 
@@ -218,9 +242,16 @@ int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
         d = d < 1 ? 1 : d > D ? D : d;
         const int n = (int)d;
         const REAL *xt = x + (size_t)t * in;
-        for (int q = 0; q < g; ++q) {
-            SUF(affine)(xt, in, w_ih + (size_t)q * D, g * D, b_ih ? b_ih + (size_t)q * D : NULL, n, gx + (size_t)q * n);
-            SUF(affine)(h, n, w_hh + (size_t)q * D, g * D, b_hh ? b_hh + (size_t)q * D : NULL, n, gh + (size_t)q * n);
+        const int threads = net->threads, work = g * n * (in + n);
+        (void)threads, (void)work;
+        /* 2G products (gate q's input block, then its hidden block), whole products per thread */
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && work >= PARALLEL_MIN)
+        for (int p = 0; p < 2 * g; ++p) {
+            const int q = p / 2;
+            if (p % 2 == 0)
+                SUF(affine)(xt, in, w_ih + (size_t)q * D, g * D, b_ih ? b_ih + (size_t)q * D : NULL, n, gx + (size_t)q * n);
+            else
+                SUF(affine)(h, n, w_hh + (size_t)q * D, g * D, b_hh ? b_hh + (size_t)q * D : NULL, n, gh + (size_t)q * n);
         }
         SUF(pointwise)(net->cell, gx, gh, n, h, c);
         memcpy(out + (size_t)t * D, h, sizeof(REAL) * D);
@@ -263,6 +294,9 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
             if (l > thr) active[n++] = i;
         }
         lik[t] = sum;
+        const int threads = net->threads, work = n * g * (in + D);
+        (void)threads, (void)work;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && work >= PARALLEL_MIN)
         for (int j = 0; j < n; ++j) { /* every product reads the old h: done before any update */
             REAL px[4], ph[4];
             const int i = active[j];
