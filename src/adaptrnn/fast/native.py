@@ -174,8 +174,8 @@ class NativeNet:
         function = getattr(self.lib, name + SUFFIX[self.dtype])
         struct = _Net.from_buffer_copy(self.struct)
         struct.threads = torch.get_num_threads()
-        args = (_pointer(a, self.dtype) if isinstance(a, Tensor) else a for a in args)
-        return function(ctypes.byref(struct), *args)
+        pointers = [_pointer(a, self.dtype) if isinstance(a, Tensor) else a for a in args]  # `args` keeps them alive
+        return function(ctypes.byref(struct), *pointers)
 
     def step(self, x: Tensor, cell: Tensor) -> float:
         """One step of the stack for one sequence, in place. x: (I,) or (1, I); cell: (L, 1, K, D).
