@@ -15,10 +15,10 @@ import copy
 
 import pytest
 import torch
-from test_native import CELLS, NATIVE, TOLERANCE, assert_same, needs_native
 
 import adaptrnn as ar
 from adaptrnn.fast import native
+from test_native import CELLS, NATIVE, assert_same, needs_native
 
 I, D, T = 6, 200, 40
 
