@@ -46,18 +46,21 @@ static void SUF(affine_item)(const REAL *restrict x, int in, const REAL *restric
 static inline int SUF(affine_items)(int n) { return n / BLOCK + (n % BLOCK != 0); }
 
 /* Two independent products y1 = b1 + x1 W1 and y2 = b2 + x2 W2 with n outputs each (a layer's
- * input and hidden projections), their items interleaved over up to `threads` threads (one
- * fork/join) when there is enough work (PARALLEL_MIN multiply-adds); x2 may be NULL for one. */
+ * input and hidden projections), their items interleaved over the threads that region_threads
+ * gives (one fork/join); x2 may be NULL for one product. */
 static void SUF(affine2)(const REAL *x1, int in1, const REAL *w1, const REAL *b1, REAL *y1, const REAL *x2, int in2,
-                         const REAL *w2, const REAL *b2, REAL *y2, int ld, int n, int threads) {
+                         const REAL *w2, const REAL *b2, REAL *y2, int ld, int n, int threads, Tuner *tu) {
     const int nb = n / BLOCK, items = SUF(affine_items)(n), total = x2 ? 2 * items : items;
-    const long work = (long)n * (in1 + (x2 ? in2 : 0));
-    (void)threads, (void)work;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && total > 1 && work >= PARALLEL_MIN)
+    const long work = total > 1 ? (long)n * (in1 + (x2 ? in2 : 0)) : 0;
+    double start;
+    const int use = region_threads(tu, threads, work, &start);
+    (void)use; /* unused in a build without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
     for (int it = 0; it < total; ++it) {
         if (x2 && it % 2) SUF(affine_item)(x2, in2, w2, ld, b2, n, it / 2, nb, y2);
         else SUF(affine_item)(x1, in1, w1, ld, b1, n, x2 ? it / 2 : it, nb, y1);
     }
+    region_done(tu, threads, work, start);
 }
 
 static void SUF(affine)(const REAL *x, int in, const REAL *w_t, int ld, const REAL *b, int n, REAL *y) {
@@ -161,28 +164,28 @@ void SUF(pointwise_rows)(int cell, const REAL *gx, int64_t gx_ld, const REAL *gh
 
 /* One step of the whole stack for one sequence. gx0: layer 0's input projection (G*D) or
  * NULL to compute it from x; state: (L, K, D); scratch: 2*G*D. Each layer's input and hidden
- * products share one parallel region (net->threads threads). */
-static void SUF(stack_given)(const Net *net, const REAL *x, const REAL *gx0, REAL *state, REAL *scratch) {
+ * products share one parallel region (net->threads threads, as `tu` decides). */
+static void SUF(stack_given)(const Net *net, const REAL *x, const REAL *gx0, REAL *state, REAL *scratch, Tuner *tu) {
     const int d = net->hidden, k = parts(net->cell), g = gates(net->cell);
     REAL *gx = scratch, *gh = scratch + (size_t)g * d;
     for (int layer = 0; layer < net->layers; ++layer) {
         REAL *s = state + (size_t)layer * k * d;
         const REAL *w_hh = W(net->w_hh_t, layer), *b_hh = WB(net->b_hh, layer);
         if (layer == 0 && gx0) {
-            SUF(affine2)(s, d, w_hh, b_hh, gh, NULL, 0, NULL, NULL, NULL, g * d, g * d, net->threads);
+            SUF(affine2)(s, d, w_hh, b_hh, gh, NULL, 0, NULL, NULL, NULL, g * d, g * d, net->threads, tu);
             SUF(pointwise)(net->cell, gx0, gh, d, s, s + d);
             continue;
         }
         const REAL *in = layer == 0 ? x : state + (size_t)(layer - 1) * k * d;
         const int in_size = layer == 0 ? net->input_size : d;
         SUF(affine2)(in, in_size, W(net->w_ih_t, layer), WB(net->b_ih, layer), gx, s, d, w_hh, b_hh, gh, g * d, g * d,
-                     net->threads);
+                     net->threads, tu);
         SUF(pointwise)(net->cell, gx, gh, d, s, s + d);
     }
 }
 
 void SUF(stack_step)(const Net *net, const REAL *x, REAL *state, REAL *scratch) {
-    SUF(stack_given)(net, x, NULL, state, scratch);
+    SUF(stack_given)(net, x, NULL, state, scratch, NULL);
 }
 
 /* σ(gate_w · v + gate_b): Skip RNN's Δũ (eq. 4) or ACT's halting unit. */
@@ -205,9 +208,10 @@ int64_t SUF(skip_run)(const Net *net, const REAL *x, int64_t first, int64_t end,
     const REAL *top_h = state + (size_t)(net->layers - 1) * k * d;
     int64_t count = 0;
     double t = (double)first;
+    Tuner tu = tuner_new(net->threads);
     while (t < (double)end) {
         const int64_t step = (int64_t)t;
-        SUF(stack_step)(net, x + (size_t)step * net->input_size, state, scratch);
+        SUF(stack_given)(net, x + (size_t)step * net->input_size, NULL, state, scratch, &tu);
         const REAL delta = (REAL)SUF(update_increment)(net, state);
         steps[count] = step;
         memcpy(hidden + (size_t)count * d, top_h, (size_t)d * sizeof *hidden);
@@ -232,6 +236,7 @@ int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
     REAL *buf = malloc(sizeof(REAL) * 2 * (size_t)g * D);
     if (!buf) return -1;
     REAL *gx = buf, *gh = buf + (size_t)g * D, *h = state, *c = state + D;
+    Tuner tu = tuner_new(net->threads);
     for (int64_t t = 0; t < steps; ++t) {
         REAL m = SUF(sigmoid)(SUF(dot)(h, u, D) + x_score[t] + (REAL)bias);
         if (scale != 1.0) {
@@ -242,10 +247,12 @@ int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
         d = d < 1 ? 1 : d > D ? D : d;
         const int n = (int)d;
         const REAL *xt = x + (size_t)t * in;
-        const int threads = net->threads, work = g * n * (in + n);
-        (void)threads, (void)work;
+        const long work = (long)g * n * (in + n);
+        double start;
+        const int use = region_threads(&tu, net->threads, work, &start);
+        (void)use; /* unused in a build without OpenMP */
         /* 2G products (gate q's input block, then its hidden block), whole products per thread */
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && work >= PARALLEL_MIN)
+#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
         for (int p = 0; p < 2 * g; ++p) {
             const int q = p / 2;
             if (p % 2 == 0)
@@ -253,6 +260,7 @@ int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
             else
                 SUF(affine)(h, n, w_hh + (size_t)q * D, g * D, b_hh ? b_hh + (size_t)q * D : NULL, n, gh + (size_t)q * n);
         }
+        region_done(&tu, net->threads, work, start);
         SUF(pointwise)(net->cell, gx, gh, n, h, c);
         memcpy(out + (size_t)t * D, h, sizeof(REAL) * D);
         ms[t] = m;
@@ -282,6 +290,7 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
     REAL *gx = buf, *gh = buf + (size_t)g * D, *hk = gh + (size_t)g * D, *ck = hk + D;
     REAL *h = state, *c = state + D;
     const REAL a = (REAL)slope, thr = (REAL)threshold;
+    Tuner tu = tuner_new(net->threads);
     for (int64_t t = 0; t < steps; ++t) {
         const REAL *xt = x + (size_t)t * in, *gxt = gate_x + (size_t)t * D;
         REAL *mt = mask + (size_t)t * D, sum = 0;
@@ -294,9 +303,11 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
             if (l > thr) active[n++] = i;
         }
         lik[t] = sum;
-        const int threads = net->threads, work = n * g * (in + D);
-        (void)threads, (void)work;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && work >= PARALLEL_MIN)
+        const long work = (long)n * g * (in + D);
+        double start;
+        const int use = region_threads(&tu, net->threads, work, &start);
+        (void)use; /* unused in a build without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
         for (int j = 0; j < n; ++j) { /* every product reads the old h: done before any update */
             REAL px[4], ph[4];
             const int i = active[j];
@@ -310,6 +321,7 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
             hk[j] = h[active[j]];
             ck[j] = parts(net->cell) == 2 ? c[active[j]] : 0;
         }
+        region_done(&tu, net->threads, work, start);
         SUF(pointwise)(net->cell, gx, gh, n, hk, ck);
         for (int j = 0; j < n; ++j) {
             h[active[j]] = hk[j];
@@ -336,6 +348,7 @@ int SUF(act_run)(const Net *net, const REAL *gx0, int64_t steps, const REAL *fla
     REAL *s = buf, *mean = buf + size, *first = mean + size, *scratch = first + (size_t)g * D;
     const REAL *top_h = s + (size_t)(net->layers - 1) * k * D;
     const REAL thr = (REAL)threshold;
+    Tuner tu = tuner_new(net->threads);
     for (int64_t t = 0; t < steps; ++t) {
         const REAL *gxt = gx0 + (size_t)t * g * D;
         for (int i = 0; i < g * D; ++i) first[i] = gxt[i] + flag[i];
@@ -343,7 +356,7 @@ int SUF(act_run)(const Net *net, const REAL *gx0, int64_t steps, const REAL *fla
         memset(mean, 0, sizeof(REAL) * size);
         REAL cum = 0;
         for (int64_t n = 1; n <= max_steps; ++n) {
-            SUF(stack_given)(net, NULL, n == 1 ? first : gxt, s, scratch);
+            SUF(stack_given)(net, NULL, n == 1 ? first : gxt, s, scratch, &tu);
             const REAL hp = SUF(gate)(net, top_h);
             const int stop = cum + hp >= thr || n == max_steps;
             const REAL p = stop ? 1 - cum : hp;
