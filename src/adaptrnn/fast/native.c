@@ -31,18 +31,21 @@ typedef struct {
     const void *gate_w;        /* (D) Skip RNN's W_p, ACT's W_h, or NULL */
     double gate_b;             /* b_p / b_h */
     int32_t threads;           /* threads for one step's products (torch.get_num_threads(), set per call) */
+    void *tuner;               /* the net's Tuner (below), kept between calls, or NULL for one per call */
 } Net;
 
 /* Below this many multiply-adds a step's products stay on one thread: a fork/join costs
  * ~1-3 us even with the threads spinning, about what 20-40 K multiply-adds take on one core. */
 #define PARALLEL_MIN 32768
 
-/* Whether threads pay is decided by timing, per loop call: a fork/join is cheap on idle cores
- * but a thread that waits for a busy core stalls every step (a loaded machine). Each cycle
+/* Whether threads pay is decided by timing: a fork/join is cheap on idle cores but a thread
+ * that waits for a busy core stalls every step (a loaded machine). Each cycle
  * times PROBE parallel regions run serially and PROBE run on the threads, compares time per
  * multiply-add, and runs the next `period` regions the faster way; while serial wins the
  * period doubles (up to PERIOD_MAX), so the probes' cost fades. Results do not depend on the
- * choice (the split never changes a sum's order). A NULL tuner (one stack step) uses the threads. */
+ * choice (the split never changes a sum's order). A net's tuner lives in its Net between loop
+ * calls, so the probes' cost fades over calls too (concurrent calls on one net may mix their
+ * timings: only the choice is affected). A NULL tuner (one stack step) uses the threads. */
 enum { PROBE = 4, PERIOD_MIN = 64, PERIOD_MAX = 4096 };
 typedef struct {
     int threads, step, period, best;
@@ -50,6 +53,15 @@ typedef struct {
 } Tuner;
 
 static Tuner tuner_new(int threads) { return (Tuner){threads, 0, PERIOD_MIN, 1, {0, 0}, {0, 0}}; }
+
+int native_tuner_size(void) { return (int)sizeof(Tuner); }
+
+/* The net's tuner (restarted when the thread count changed), or `local` if the net has none. */
+static Tuner *tuner_of(const Net *net, Tuner *local) {
+    Tuner *tu = net->tuner ? (Tuner *)net->tuner : local;
+    if (tu == local || tu->threads != net->threads) *tu = tuner_new(net->threads);
+    return tu;
+}
 
 static double now_ns(void) {
     struct timespec t;

@@ -69,6 +69,7 @@ class _Net(ctypes.Structure):
         ("gate_w", _ptr),
         ("gate_b", _dbl),
         ("threads", ctypes.c_int32),
+        ("tuner", _ptr),
     ]
 
 
@@ -86,7 +87,8 @@ def library() -> ctypes.CDLL | None:
                 function = getattr(lib, name + suffix)
                 function.argtypes, function.restype = args, result
         if lib is not None:
-            lib.native_openmp.argtypes, lib.native_openmp.restype = [], _int
+            for name in ("native_openmp", "native_tuner_size"):
+                getattr(lib, name).argtypes, getattr(lib, name).restype = [], _int
     except OSError as err:
         lib, reason = None, f"it could not be loaded ({err})"
     except AttributeError as err:  # an extension built from an older native.c (editable install, not rebuilt)
@@ -150,6 +152,8 @@ class NativeNet:
         else:
             gate_w, gate_b = getattr(module, gate[0]).detach().contiguous(), float(getattr(module, gate[1]))
         self.tensors.append(gate_w)
+        # native.c's Tuner (zeroed: set up at first use): whether threads pay, timed over calls
+        self.tuner = ctypes.create_string_buffer(self.lib.native_tuner_size())
         self.struct = _Net(
             CELLS.index(module.cell),
             module.num_layers,
@@ -158,6 +162,8 @@ class NativeNet:
             *(ctypes.cast(arrays[n], _pp) for n in columns),
             gate_w.data_ptr(),
             gate_b,
+            0,
+            ctypes.addressof(self.tuner),
         )
         self.scratch_size = 2 * max(w.hh.shape[1] for w in layers)  # floats of the C step's work space
 

@@ -208,10 +208,10 @@ int64_t SUF(skip_run)(const Net *net, const REAL *x, int64_t first, int64_t end,
     const REAL *top_h = state + (size_t)(net->layers - 1) * k * d;
     int64_t count = 0;
     double t = (double)first;
-    Tuner tu = tuner_new(net->threads);
+    Tuner local, *tu = tuner_of(net, &local);
     while (t < (double)end) {
         const int64_t step = (int64_t)t;
-        SUF(stack_given)(net, x + (size_t)step * net->input_size, NULL, state, scratch, &tu);
+        SUF(stack_given)(net, x + (size_t)step * net->input_size, NULL, state, scratch, tu);
         const REAL delta = (REAL)SUF(update_increment)(net, state);
         steps[count] = step;
         memcpy(hidden + (size_t)count * d, top_h, (size_t)d * sizeof *hidden);
@@ -236,7 +236,7 @@ int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
     REAL *buf = malloc(sizeof(REAL) * 2 * (size_t)g * D);
     if (!buf) return -1;
     REAL *gx = buf, *gh = buf + (size_t)g * D, *h = state, *c = state + D;
-    Tuner tu = tuner_new(net->threads);
+    Tuner local, *tu = tuner_of(net, &local);
     for (int64_t t = 0; t < steps; ++t) {
         REAL m = SUF(sigmoid)(SUF(dot)(h, u, D) + x_score[t] + (REAL)bias);
         if (scale != 1.0) {
@@ -249,7 +249,7 @@ int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
         const REAL *xt = x + (size_t)t * in;
         const long work = (long)g * n * (in + n);
         double start;
-        const int use = region_threads(&tu, net->threads, work, &start);
+        const int use = region_threads(tu, net->threads, work, &start);
         (void)use; /* unused in a build without OpenMP */
         /* 2G products (gate q's input block, then its hidden block), whole products per thread */
 #pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
@@ -260,7 +260,7 @@ int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
             else
                 SUF(affine)(h, n, w_hh + (size_t)q * D, g * D, b_hh ? b_hh + (size_t)q * D : NULL, n, gh + (size_t)q * n);
         }
-        region_done(&tu, net->threads, work, start);
+        region_done(tu, net->threads, work, start);
         SUF(pointwise)(net->cell, gx, gh, n, h, c);
         memcpy(out + (size_t)t * D, h, sizeof(REAL) * D);
         ms[t] = m;
@@ -290,7 +290,7 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
     REAL *gx = buf, *gh = buf + (size_t)g * D, *hk = gh + (size_t)g * D, *ck = hk + D;
     REAL *h = state, *c = state + D;
     const REAL a = (REAL)slope, thr = (REAL)threshold;
-    Tuner tu = tuner_new(net->threads);
+    Tuner local, *tu = tuner_of(net, &local);
     for (int64_t t = 0; t < steps; ++t) {
         const REAL *xt = x + (size_t)t * in, *gxt = gate_x + (size_t)t * D;
         REAL *mt = mask + (size_t)t * D, sum = 0;
@@ -305,7 +305,7 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
         lik[t] = sum;
         const long work = (long)n * g * (in + D);
         double start;
-        const int use = region_threads(&tu, net->threads, work, &start);
+        const int use = region_threads(tu, net->threads, work, &start);
         (void)use; /* unused in a build without OpenMP */
 #pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
         for (int j = 0; j < n; ++j) { /* every product reads the old h: done before any update */
@@ -321,7 +321,7 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
             hk[j] = h[active[j]];
             ck[j] = parts(net->cell) == 2 ? c[active[j]] : 0;
         }
-        region_done(&tu, net->threads, work, start);
+        region_done(tu, net->threads, work, start);
         SUF(pointwise)(net->cell, gx, gh, n, hk, ck);
         for (int j = 0; j < n; ++j) {
             h[active[j]] = hk[j];
@@ -348,7 +348,7 @@ int SUF(act_run)(const Net *net, const REAL *gx0, int64_t steps, const REAL *fla
     REAL *s = buf, *mean = buf + size, *first = mean + size, *scratch = first + (size_t)g * D;
     const REAL *top_h = s + (size_t)(net->layers - 1) * k * D;
     const REAL thr = (REAL)threshold;
-    Tuner tu = tuner_new(net->threads);
+    Tuner local, *tu = tuner_of(net, &local);
     for (int64_t t = 0; t < steps; ++t) {
         const REAL *gxt = gx0 + (size_t)t * g * D;
         for (int i = 0; i < g * D; ++i) first[i] = gxt[i] + flag[i];
@@ -356,7 +356,7 @@ int SUF(act_run)(const Net *net, const REAL *gx0, int64_t steps, const REAL *fla
         memset(mean, 0, sizeof(REAL) * size);
         REAL cum = 0;
         for (int64_t n = 1; n <= max_steps; ++n) {
-            SUF(stack_given)(net, NULL, n == 1 ? first : gxt, s, scratch, &tu);
+            SUF(stack_given)(net, NULL, n == 1 ? first : gxt, s, scratch, tu);
             const REAL hp = SUF(gate)(net, top_h);
             const int stop = cum + hp >= thr || n == max_steps;
             const REAL p = stop ? 1 - cum : hp;
