@@ -42,11 +42,12 @@ typedef struct {
  * that waits for a busy core stalls every step (a loaded machine). Each cycle
  * times PROBE parallel regions run serially and PROBE run on the threads, compares time per
  * multiply-add, and runs the next `period` regions the faster way; while serial wins the
- * period doubles (up to PERIOD_MAX), so the probes' cost fades. Results do not depend on the
+ * period doubles (up to PERIOD_MAX), so the probes' cost fades. A threaded probe 2x slower
+ * than the serial ones ends the probing at once (on a loaded machine one costs milliseconds). Results do not depend on the
  * choice (the split never changes a sum's order). A net's tuner lives in its Net between loop
  * calls, so the probes' cost fades over calls too (concurrent calls on one net may mix their
  * timings: only the choice is affected). A NULL tuner (one stack step) uses the threads. */
-enum { PROBE = 4, PERIOD_MIN = 64, PERIOD_MAX = 4096 };
+enum { PROBE = 4, PERIOD_MIN = 64, PERIOD_MAX = 32768 };
 typedef struct {
     int threads, step, period, best;
     double ns[2], work[2]; /* serial, threaded: time and multiply-adds of this cycle's probes */
@@ -85,7 +86,10 @@ static void region_done(Tuner *tu, int threads, long work, double start) {
         const int k = tu->step >= PROBE;
         tu->ns[k] += now_ns() - start, tu->work[k] += (double)work;
     }
-    if (++tu->step == 2 * PROBE) {
+    ++tu->step;
+    if (tu->step > PROBE && tu->step < 2 * PROBE && tu->ns[1] * tu->work[0] > 2 * tu->ns[0] * tu->work[1])
+        tu->step = 2 * PROBE; /* threads already 2x slower: no more threaded probes this cycle */
+    if (tu->step == 2 * PROBE) {
         const int wins = tu->ns[1] * tu->work[0] < tu->ns[0] * tu->work[1]; /* threaded ns/MAC is lower */
         tu->best = wins ? tu->threads : 1;
         tu->period = wins ? PERIOD_MIN : (2 * tu->period > PERIOD_MAX ? PERIOD_MAX : 2 * tu->period);
