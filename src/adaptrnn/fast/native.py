@@ -13,7 +13,8 @@ with the same results. ``ADAPTRNN_NATIVE=0`` turns it off without a warning.
 Threads: built with OpenMP (setup.py detects it), a loop splits each step's products over
 ``torch.get_num_threads()`` threads, read at every call (``torch.set_num_threads(1)`` gives
 the serial loop), when a step has enough multiply-adds to pay for a fork/join (PARALLEL_MIN
-in native.c). The split is by whole output columns (Skip, ACT), whole gate blocks (VCRNN) or
+in native.c) and the net's timing says threads are faster (the Tuner in native.c: a loaded
+machine keeps the loops serial). The split is by whole output columns (Skip, ACT), whole gate blocks (VCRNN) or
 whole neurons (SA-RNN), so every sum runs in the same order: results do not depend on it.
 
 Used for float32 and float64 CPU modules at batch 1; float64 equals the reference to float64
