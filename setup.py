@@ -3,7 +3,9 @@
 It is a plain C shared library (no Python or torch headers used) that
 ``adaptrnn/fast/native.py`` loads with ctypes. The build is optional: without a working C
 compiler the install still succeeds, prints one warning, and the package runs its PyTorch
-paths (same results, slower at batch 1). Compiled with ``-march=native`` for the machine that
+paths (same results, slower at batch 1). Built with OpenMP (``-fopenmp``) where the compiler
+has it, so that the loops can split a step's products over torch's threads, serially where
+not. Compiled with ``-march=native`` for the machine that
 installs it; set ``ADAPTRNN_PORTABLE=1`` to leave that flag out (e.g. when building a wheel
 for other machines). Everything else about the package is in pyproject.toml.
 """
@@ -20,14 +22,16 @@ class OptionalNative(build_ext):
     """Build the native loops if a C compiler works; warn once and go on if not."""
 
     def build_extension(self, ext: Extension) -> None:
-        flags = [[]]
+        flags = [([], [])]  # (compile arguments, link arguments) to try in order
         if self.compiler.compiler_type == "unix":
             base = ["-O3", "-fno-math-errno"]  # GNU C (fused multiply-adds allowed; ISO mode forbids them)
             native = [] if os.environ.get("ADAPTRNN_PORTABLE") else ["-march=native"]
-            flags = [base + native, base] if native else [base]  # a compiler without -march=native gets a 2nd try
+            tries = [base + native, base] if native else [base]  # a compiler without -march=native gets a 2nd try
+            # OpenMP threads the per-step products; a compiler without it builds the serial loops
+            flags = [(args + omp, omp) for args in tries for omp in (["-fopenmp"], [])]
         errors = []
-        for args in flags:
-            ext.extra_compile_args = args
+        for args, link in flags:
+            ext.extra_compile_args, ext.extra_link_args = args, link
             try:
                 super().build_extension(ext)
                 return

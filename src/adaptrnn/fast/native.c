@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { CELL_RNN = 0, CELL_GRU = 1, CELL_LSTM = 2 };
 
@@ -29,7 +30,83 @@ typedef struct {
     const void *const *w_hh;   /* per layer (G*D, D) */
     const void *gate_w;        /* (D) Skip RNN's W_p, ACT's W_h, or NULL */
     double gate_b;             /* b_p / b_h */
+    int32_t threads;           /* threads for one step's products (torch.get_num_threads(), set per call) */
+    void *tuner;               /* the net's Tuner (below), kept between calls, or NULL for one per call */
 } Net;
+
+/* Below this many multiply-adds a step's products stay on one thread: a fork/join costs
+ * ~1-3 us even with the threads spinning, about what 20-40 K multiply-adds take on one core. */
+#define PARALLEL_MIN 32768
+
+/* Whether threads pay is decided by timing: a fork/join is cheap on idle cores but a thread
+ * that waits for a busy core stalls every step (a loaded machine). Each cycle
+ * times PROBE parallel regions run serially and PROBE run on the threads, compares time per
+ * multiply-add, and runs the next `period` regions the faster way; while serial wins the
+ * period doubles (up to PERIOD_MAX), so the probes' cost fades. A threaded probe 2x slower
+ * than the serial ones ends the probing at once (on a loaded machine one costs milliseconds). Results do not depend on the
+ * choice (the split never changes a sum's order). A net's tuner lives in its Net between loop
+ * calls, so the probes' cost fades over calls too (concurrent calls on one net may mix their
+ * timings: only the choice is affected). A NULL tuner (one stack step) uses the threads. */
+enum { PROBE = 4, PERIOD_MIN = 64, PERIOD_MAX = 32768 };
+typedef struct {
+    int threads, step, period, best;
+    double ns[2], work[2]; /* serial, threaded: time and multiply-adds of this cycle's probes */
+} Tuner;
+
+static Tuner tuner_new(int threads) { return (Tuner){threads, 0, PERIOD_MIN, 1, {0, 0}, {0, 0}}; }
+
+int native_tuner_size(void) { return (int)sizeof(Tuner); }
+
+/* The net's tuner (restarted when the thread count changed), or `local` if the net has none. */
+static Tuner *tuner_of(const Net *net, Tuner *local) {
+    Tuner *tu = net->tuner ? (Tuner *)net->tuner : local;
+    if (tu == local || tu->threads != net->threads) *tu = tuner_new(net->threads);
+    return tu;
+}
+
+static double now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return 1e9 * (double)t.tv_sec + (double)t.tv_nsec;
+}
+
+/* The threads for a region of `work` multiply-adds; *start is set when the region is timed. */
+static int region_threads(const Tuner *tu, int threads, long work, double *start) {
+    *start = -1;
+    if (threads <= 1 || work < PARALLEL_MIN) return 1;
+    if (!tu) return threads;
+    if (tu->step >= 2 * PROBE) return tu->best;
+    *start = now_ns();
+    return tu->step < PROBE ? 1 : threads;
+}
+
+static void region_done(Tuner *tu, int threads, long work, double start) {
+    if (!tu || threads <= 1 || work < PARALLEL_MIN) return;
+    if (start >= 0) {
+        const int k = tu->step >= PROBE;
+        tu->ns[k] += now_ns() - start, tu->work[k] += (double)work;
+    }
+    ++tu->step;
+    if (tu->step > PROBE && tu->step < 2 * PROBE && tu->ns[1] * tu->work[0] > 2 * tu->ns[0] * tu->work[1])
+        tu->step = 2 * PROBE; /* threads already 2x slower: no more threaded probes this cycle */
+    if (tu->step == 2 * PROBE) {
+        const int wins = tu->ns[1] * tu->work[0] < tu->ns[0] * tu->work[1]; /* threaded ns/MAC is lower */
+        tu->best = wins ? tu->threads : 1;
+        tu->period = wins ? PERIOD_MIN : (2 * tu->period > PERIOD_MAX ? PERIOD_MAX : 2 * tu->period);
+        tu->ns[0] = tu->ns[1] = tu->work[0] = tu->work[1] = 0;
+    } else if (tu->step >= 2 * PROBE + tu->period) {
+        tu->step = 0;
+    }
+}
+
+/* 1 if built with OpenMP (the loops use net->threads), 0 if serial (the flag was unavailable). */
+int native_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 static inline int gates(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1; }
 static inline int parts(int cell) { return cell == CELL_LSTM ? 2 : 1; }

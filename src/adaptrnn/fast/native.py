@@ -10,6 +10,13 @@ one stack step for streaming and for inputs produced on demand.
 compiler at install) one warning says so at first use and everything runs through PyTorch,
 with the same results. ``ADAPTRNN_NATIVE=0`` turns it off without a warning.
 
+Threads: built with OpenMP (setup.py detects it), a loop splits each step's products over
+``torch.get_num_threads()`` threads, read at every call (``torch.set_num_threads(1)`` gives
+the serial loop), when a step has enough multiply-adds to pay for a fork/join (PARALLEL_MIN
+in native.c) and the net's timing says threads are faster (the Tuner in native.c: a loaded
+machine keeps the loops serial). The split is by whole output columns (Skip, ACT), whole gate blocks (VCRNN) or
+whole neurons (SA-RNN), so every sum runs in the same order: results do not depend on it.
+
 Used for float32 and float64 CPU modules at batch 1; float64 equals the reference to float64
 rounding, float32 to float32 rounding (sums run in another order; exp is a polynomial with
 relative error ~2e-7).
@@ -62,6 +69,8 @@ class _Net(ctypes.Structure):
         ("w_hh", _pp),
         ("gate_w", _ptr),
         ("gate_b", _dbl),
+        ("threads", ctypes.c_int32),
+        ("tuner", _ptr),
     ]
 
 
@@ -78,6 +87,9 @@ def library() -> ctypes.CDLL | None:
             for suffix in SUFFIX.values() if lib is not None else ():
                 function = getattr(lib, name + suffix)
                 function.argtypes, function.restype = args, result
+        if lib is not None:
+            for name in ("native_openmp", "native_tuner_size"):
+                getattr(lib, name).argtypes, getattr(lib, name).restype = [], _int
     except OSError as err:
         lib, reason = None, f"it could not be loaded ({err})"
     except AttributeError as err:  # an extension built from an older native.c (editable install, not rebuilt)
@@ -90,6 +102,12 @@ def library() -> ctypes.CDLL | None:
         )
         return None
     return lib
+
+
+def threads() -> int:
+    """The threads the native loops use now: torch's thread count if built with OpenMP, else 1."""
+    lib = library()
+    return torch.get_num_threads() if lib is not None and lib.native_openmp() else 1
 
 
 def applies(module, state_cell: Tensor) -> bool:
@@ -135,6 +153,8 @@ class NativeNet:
         else:
             gate_w, gate_b = getattr(module, gate[0]).detach().contiguous(), float(getattr(module, gate[1]))
         self.tensors.append(gate_w)
+        # native.c's Tuner (zeroed: set up at first use): whether threads pay, timed over calls
+        self.tuner = ctypes.create_string_buffer(self.lib.native_tuner_size())
         self.struct = _Net(
             CELLS.index(module.cell),
             module.num_layers,
@@ -143,8 +163,9 @@ class NativeNet:
             *(ctypes.cast(arrays[n], _pp) for n in columns),
             gate_w.data_ptr(),
             gate_b,
+            0,
+            ctypes.addressof(self.tuner),
         )
-        self.ref = ctypes.byref(self.struct)
         self.scratch_size = 2 * max(w.hh.shape[1] for w in layers)  # floats of the C step's work space
 
     def scratch(self) -> Tensor:
@@ -152,9 +173,16 @@ class NativeNet:
         return torch.empty(self.scratch_size, dtype=self.dtype)
 
     def call(self, name: str, *args):
-        """The C function ``name`` for this net's precision; tensors are passed as pointers."""
+        """The C function ``name`` for this net's precision; tensors are passed as pointers.
+
+        The loop gets torch's current thread count in a copy of the struct (so a thread that
+        changes it, or two threads calling at once, never see each other's count).
+        """
         function = getattr(self.lib, name + SUFFIX[self.dtype])
-        return function(self.ref, *(_pointer(a, self.dtype) if isinstance(a, Tensor) else a for a in args))
+        struct = _Net.from_buffer_copy(self.struct)
+        struct.threads = torch.get_num_threads()
+        pointers = [_pointer(a, self.dtype) if isinstance(a, Tensor) else a for a in args]  # `args` keeps them alive
+        return function(ctypes.byref(struct), *pointers)
 
     def step(self, x: Tensor, cell: Tensor) -> float:
         """One step of the stack for one sequence, in place. x: (I,) or (1, I); cell: (L, 1, K, D).

@@ -15,12 +15,15 @@ static inline REAL SUF(tanh_)(REAL x) {
 
 /* y[0..n) = b + x W for the first n columns of W given transposed with row length ld (in, ld);
  * b may be NULL. Outputs are accumulated in blocks of BLOCK kept in registers over the whole
- * sum, so y is written once and W read once; the inner loops are contiguous axpy's. */
+ * sum, so y is written once and W read once; the inner loops are contiguous axpy's. The work
+ * items are the full blocks then the tail (columns past the last full block): `affine_item`
+ * runs item `it` of `nb` full blocks. Every output is summed over j in order by the same code
+ * whichever thread runs its item, so a split over threads gives identical results. */
 #define BLOCK 128
-static void SUF(affine)(const REAL *restrict x, int in, const REAL *restrict w_t, int ld, const REAL *restrict b, int n,
-                        REAL *restrict y) {
-    int k0 = 0;
-    for (; k0 + BLOCK <= n; k0 += BLOCK) {
+static void SUF(affine_item)(const REAL *restrict x, int in, const REAL *restrict w_t, int ld,
+                             const REAL *restrict b, int n, int it, int nb, REAL *restrict y) {
+    if (it < nb) {
+        const int k0 = it * BLOCK;
         REAL acc[BLOCK];
         for (int i = 0; i < BLOCK; ++i) acc[i] = b ? b[k0 + i] : 0;
         for (int j = 0; j < in; ++j) {
@@ -29,13 +32,40 @@ static void SUF(affine)(const REAL *restrict x, int in, const REAL *restrict w_t
             for (int i = 0; i < BLOCK; ++i) acc[i] += xj * w[i];
         }
         memcpy(y + k0, acc, sizeof acc);
+        return;
     }
+    const int k0 = nb * BLOCK;
     for (int k = k0; k < n; ++k) y[k] = b ? b[k] : 0;
     for (int j = 0; j < in && k0 < n; ++j) {
         const REAL xj = x[j];
         const REAL *restrict w = w_t + (size_t)j * ld;
         for (int k = k0; k < n; ++k) y[k] += xj * w[k];
     }
+}
+
+static inline int SUF(affine_items)(int n) { return n / BLOCK + (n % BLOCK != 0); }
+
+/* Two independent products y1 = b1 + x1 W1 and y2 = b2 + x2 W2 with n outputs each (a layer's
+ * input and hidden projections), their items interleaved over the threads that region_threads
+ * gives (one fork/join); x2 may be NULL for one product. */
+static void SUF(affine2)(const REAL *x1, int in1, const REAL *w1, const REAL *b1, REAL *y1, const REAL *x2, int in2,
+                         const REAL *w2, const REAL *b2, REAL *y2, int ld, int n, int threads, Tuner *tu) {
+    const int nb = n / BLOCK, items = SUF(affine_items)(n), total = x2 ? 2 * items : items;
+    const long work = total > 1 ? (long)n * (in1 + (x2 ? in2 : 0)) : 0;
+    double start;
+    const int use = region_threads(tu, threads, work, &start);
+    (void)use; /* unused in a build without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
+    for (int it = 0; it < total; ++it) {
+        if (x2 && it % 2) SUF(affine_item)(x2, in2, w2, ld, b2, n, it / 2, nb, y2);
+        else SUF(affine_item)(x1, in1, w1, ld, b1, n, x2 ? it / 2 : it, nb, y1);
+    }
+    region_done(tu, threads, work, start);
+}
+
+static void SUF(affine)(const REAL *x, int in, const REAL *w_t, int ld, const REAL *b, int n, REAL *y) {
+    const int nb = n / BLOCK, items = SUF(affine_items)(n);
+    for (int it = 0; it < items; ++it) SUF(affine_item)(x, in, w_t, ld, b, n, it, nb, y);
 }
 
 /* Σ a_i b_i in four 32-byte vector accumulators (GCC / Clang vector extensions; unaligned
@@ -132,33 +162,30 @@ void SUF(pointwise_rows)(int cell, const REAL *gx, int64_t gx_ld, const REAL *gh
     }
 }
 
-/* One layer in place given its input projection gx (G*D, bias included): s holds h (D)
- * then, for the LSTM, c (D). gh: G*D scratch. */
-static void SUF(layer_given)(const Net *net, int layer, const REAL *gx, REAL *s, REAL *restrict gh) {
-    const int d = net->hidden, g = gates(net->cell);
-    SUF(affine)(s, d, W(net->w_hh_t, layer), g * d, WB(net->b_hh, layer), g * d, gh);
-    SUF(pointwise)(net->cell, gx, gh, d, s, s + d);
-}
-
 /* One step of the whole stack for one sequence. gx0: layer 0's input projection (G*D) or
- * NULL to compute it from x; state: (L, K, D); scratch: 2*G*D. */
-static void SUF(stack_given)(const Net *net, const REAL *x, const REAL *gx0, REAL *state, REAL *scratch) {
+ * NULL to compute it from x; state: (L, K, D); scratch: 2*G*D. Each layer's input and hidden
+ * products share one parallel region (net->threads threads, as `tu` decides). */
+static void SUF(stack_given)(const Net *net, const REAL *x, const REAL *gx0, REAL *state, REAL *scratch, Tuner *tu) {
     const int d = net->hidden, k = parts(net->cell), g = gates(net->cell);
     REAL *gx = scratch, *gh = scratch + (size_t)g * d;
     for (int layer = 0; layer < net->layers; ++layer) {
-        const REAL *given = layer == 0 ? gx0 : NULL;
-        if (!given) {
-            const REAL *in = layer == 0 ? x : state + (size_t)(layer - 1) * k * d;
-            const int in_size = layer == 0 ? net->input_size : d;
-            SUF(affine)(in, in_size, W(net->w_ih_t, layer), g * d, WB(net->b_ih, layer), g * d, gx);
-            given = gx;
+        REAL *s = state + (size_t)layer * k * d;
+        const REAL *w_hh = W(net->w_hh_t, layer), *b_hh = WB(net->b_hh, layer);
+        if (layer == 0 && gx0) {
+            SUF(affine2)(s, d, w_hh, b_hh, gh, NULL, 0, NULL, NULL, NULL, g * d, g * d, net->threads, tu);
+            SUF(pointwise)(net->cell, gx0, gh, d, s, s + d);
+            continue;
         }
-        SUF(layer_given)(net, layer, given, state + (size_t)layer * k * d, gh);
+        const REAL *in = layer == 0 ? x : state + (size_t)(layer - 1) * k * d;
+        const int in_size = layer == 0 ? net->input_size : d;
+        SUF(affine2)(in, in_size, W(net->w_ih_t, layer), WB(net->b_ih, layer), gx, s, d, w_hh, b_hh, gh, g * d, g * d,
+                     net->threads, tu);
+        SUF(pointwise)(net->cell, gx, gh, d, s, s + d);
     }
 }
 
 void SUF(stack_step)(const Net *net, const REAL *x, REAL *state, REAL *scratch) {
-    SUF(stack_given)(net, x, NULL, state, scratch);
+    SUF(stack_given)(net, x, NULL, state, scratch, NULL);
 }
 
 /* σ(gate_w · v + gate_b): Skip RNN's Δũ (eq. 4) or ACT's halting unit. */
@@ -181,9 +208,10 @@ int64_t SUF(skip_run)(const Net *net, const REAL *x, int64_t first, int64_t end,
     const REAL *top_h = state + (size_t)(net->layers - 1) * k * d;
     int64_t count = 0;
     double t = (double)first;
+    Tuner local, *tu = tuner_of(net, &local);
     while (t < (double)end) {
         const int64_t step = (int64_t)t;
-        SUF(stack_step)(net, x + (size_t)step * net->input_size, state, scratch);
+        SUF(stack_given)(net, x + (size_t)step * net->input_size, NULL, state, scratch, tu);
         const REAL delta = (REAL)SUF(update_increment)(net, state);
         steps[count] = step;
         memcpy(hidden + (size_t)count * d, top_h, (size_t)d * sizeof *hidden);
@@ -208,6 +236,7 @@ int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
     REAL *buf = malloc(sizeof(REAL) * 2 * (size_t)g * D);
     if (!buf) return -1;
     REAL *gx = buf, *gh = buf + (size_t)g * D, *h = state, *c = state + D;
+    Tuner local, *tu = tuner_of(net, &local);
     for (int64_t t = 0; t < steps; ++t) {
         REAL m = SUF(sigmoid)(SUF(dot)(h, u, D) + x_score[t] + (REAL)bias);
         if (scale != 1.0) {
@@ -218,10 +247,20 @@ int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
         d = d < 1 ? 1 : d > D ? D : d;
         const int n = (int)d;
         const REAL *xt = x + (size_t)t * in;
-        for (int q = 0; q < g; ++q) {
-            SUF(affine)(xt, in, w_ih + (size_t)q * D, g * D, b_ih ? b_ih + (size_t)q * D : NULL, n, gx + (size_t)q * n);
-            SUF(affine)(h, n, w_hh + (size_t)q * D, g * D, b_hh ? b_hh + (size_t)q * D : NULL, n, gh + (size_t)q * n);
+        const long work = (long)g * n * (in + n);
+        double start;
+        const int use = region_threads(tu, net->threads, work, &start);
+        (void)use; /* unused in a build without OpenMP */
+        /* 2G products (gate q's input block, then its hidden block), whole products per thread */
+#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
+        for (int p = 0; p < 2 * g; ++p) {
+            const int q = p / 2;
+            if (p % 2 == 0)
+                SUF(affine)(xt, in, w_ih + (size_t)q * D, g * D, b_ih ? b_ih + (size_t)q * D : NULL, n, gx + (size_t)q * n);
+            else
+                SUF(affine)(h, n, w_hh + (size_t)q * D, g * D, b_hh ? b_hh + (size_t)q * D : NULL, n, gh + (size_t)q * n);
         }
+        region_done(tu, net->threads, work, start);
         SUF(pointwise)(net->cell, gx, gh, n, h, c);
         memcpy(out + (size_t)t * D, h, sizeof(REAL) * D);
         ms[t] = m;
@@ -251,6 +290,7 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
     REAL *gx = buf, *gh = buf + (size_t)g * D, *hk = gh + (size_t)g * D, *ck = hk + D;
     REAL *h = state, *c = state + D;
     const REAL a = (REAL)slope, thr = (REAL)threshold;
+    Tuner local, *tu = tuner_of(net, &local);
     for (int64_t t = 0; t < steps; ++t) {
         const REAL *xt = x + (size_t)t * in, *gxt = gate_x + (size_t)t * D;
         REAL *mt = mask + (size_t)t * D, sum = 0;
@@ -263,6 +303,11 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
             if (l > thr) active[n++] = i;
         }
         lik[t] = sum;
+        const long work = (long)n * g * (in + D);
+        double start;
+        const int use = region_threads(tu, net->threads, work, &start);
+        (void)use; /* unused in a build without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
         for (int j = 0; j < n; ++j) { /* every product reads the old h: done before any update */
             REAL px[4], ph[4];
             const int i = active[j];
@@ -276,6 +321,7 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
             hk[j] = h[active[j]];
             ck[j] = parts(net->cell) == 2 ? c[active[j]] : 0;
         }
+        region_done(tu, net->threads, work, start);
         SUF(pointwise)(net->cell, gx, gh, n, hk, ck);
         for (int j = 0; j < n; ++j) {
             h[active[j]] = hk[j];
@@ -302,6 +348,7 @@ int SUF(act_run)(const Net *net, const REAL *gx0, int64_t steps, const REAL *fla
     REAL *s = buf, *mean = buf + size, *first = mean + size, *scratch = first + (size_t)g * D;
     const REAL *top_h = s + (size_t)(net->layers - 1) * k * D;
     const REAL thr = (REAL)threshold;
+    Tuner local, *tu = tuner_of(net, &local);
     for (int64_t t = 0; t < steps; ++t) {
         const REAL *gxt = gx0 + (size_t)t * g * D;
         for (int i = 0; i < g * D; ++i) first[i] = gxt[i] + flag[i];
@@ -309,7 +356,7 @@ int SUF(act_run)(const Net *net, const REAL *gx0, int64_t steps, const REAL *fla
         memset(mean, 0, sizeof(REAL) * size);
         REAL cum = 0;
         for (int64_t n = 1; n <= max_steps; ++n) {
-            SUF(stack_given)(net, NULL, n == 1 ? first : gxt, s, scratch);
+            SUF(stack_given)(net, NULL, n == 1 ? first : gxt, s, scratch, tu);
             const REAL hp = SUF(gate)(net, top_h);
             const int stop = cum + hp >= thr || n == max_steps;
             const REAL p = stop ? 1 - cum : hp;
