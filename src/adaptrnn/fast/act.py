@@ -70,14 +70,21 @@ def ponder(module, layers, gx: Tensor, cell: Tensor) -> tuple[Tensor, Tensor, Te
     max_steps = int(module.options["max_steps"])
     threshold = 1.0 - float(module.options["epsilon"])
     count = gx.shape[0]
+    s = projected_stack_step(module.cell, layers, gx + module.flag_weight, cell)
+    h = module.halting_prob(s)  # (n,)
+    if max_steps == 1 or bool((h >= threshold).all()):
+        # Every row halts at the first ponder step: p = 1 - 0 = 1, so the mean-field state is
+        # s itself (exactly, as in the reference's 0 + 1·s), N(t) = 1 and R(t) = 1.
+        ones = gx.new_ones(count)
+        return s, ones, ones.clone()
     mean = torch.zeros_like(cell)
     steps, remainders = gx.new_zeros(count), gx.new_zeros(count)
     place = torch.arange(count, device=gx.device)  # running row -> its place in the output
     cum = gx.new_zeros(count)  # Σ h of the steps taken so far
-    s = cell
     for n in range(1, max_steps + 1):
-        s = projected_stack_step(module.cell, layers, gx + module.flag_weight if n == 1 else gx, s)
-        h = module.halting_prob(s)  # (r,)
+        if n > 1:
+            s = projected_stack_step(module.cell, layers, gx, s)
+            h = module.halting_prob(s)  # (r,)
         stop = (cum + h >= threshold) | (n == max_steps)
         p = torch.where(stop, 1 - cum, h)  # p_t^n: R(t) at the halting step, h before
         mean.index_add_(1, place, p.view(1, -1, 1, 1) * s)

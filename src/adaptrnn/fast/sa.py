@@ -86,7 +86,11 @@ def _steps(module, layer: int, layer_in: Tensor, gate_x: Tensor, rows, full, s: 
         masks[t] = u
         active = u.any(0).nonzero().squeeze(1)  # (k,) neurons updated by some row
         k = active.numel()
-        if (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
+        if k == size and bool(u.all()):  # every neuron of every row updates: a dense step, no mask
+            gx = project(layer_in[t], full.ih, full.b_ih)
+            gh = project(s[:, 0], full.hh, full.b_hh)
+            s = native.pointwise(module.cell, gx, gh, s)
+        elif (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
             gx = project(layer_in[t], full.ih, full.b_ih)
             gh = project(s[:, 0], full.hh, full.b_hh)
             s = torch.where(u.unsqueeze(1), native.pointwise(module.cell, gx, gh, s), s)
