@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..layer import RecurrentState, Stats, valid_float
 from . import native
+from .aten_step import AtenStep
 from .weights import stack_step, transposed
 
 Features = Callable[[Tensor, Tensor], Tensor]  # (steps (n,), rows (n,)) -> (n, I)
@@ -139,7 +140,7 @@ def _run_batch(
     Writes the top-layer h of every step into ``out`` (T, B, D) as it goes (a step that is not
     visited repeats the state before it), so no table of updates is gathered afterwards.
     """
-    layers = transposed(module)
+    layers, dense = transposed(module), AtenStep(module, range(module.num_layers))
     log = UpdateLog(cell)  # log.cell (L, B, K, D): the current state of every row
     batch = cell.shape[1]
     filled = 0  # out[:filled] is written
@@ -151,7 +152,7 @@ def _run_batch(
         due = np.flatnonzero(next_t == t)
         if due.size == batch:  # every row is due: no gather, and the new state replaces the old
             x_t = inputs[t] if isinstance(inputs, Tensor) else inputs(*_all_rows(t, batch, cell.device))
-            log.cell = stack_step(module.cell, layers, x_t, log.cell)
+            log.cell = dense(x_t, log.cell)
             new = log.cell
         else:
             rows = torch.from_numpy(due).to(cell.device)

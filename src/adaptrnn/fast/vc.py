@@ -23,6 +23,7 @@ from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
 from ..methods.vc import active_dims
 from . import native
+from .aten_step import AtenStep
 from .weights import gate_major, neuron_major, project, transposed
 
 
@@ -73,6 +74,7 @@ def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMat
     dims = torch.arange(size, device=layer_in.device)
     out = layer_in.new_empty(seq_len, batch, size)
     ms, ds = layer_in.new_empty(seq_len, batch), layer_in.new_empty(seq_len, batch)
+    dense = AtenStep(module, range(layer, layer + 1))
     state = s  # the rows' state, replaced by each full step's output, copied back into s at the end
     for t in range(seq_len):
         m = torch.sigmoid(state[:, 0] @ u + x_score[t] + b)  # (B,) m_t
@@ -83,9 +85,7 @@ def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMat
             d = torch.where(valid[t], d, 0)
         low, top = torch.stack(torch.aminmax(d)).tolist()  # one host read
         if top == size and low == top:  # every row updates every dimension: a dense step
-            ih_t, hh_t, b_ih, b_hh = blocks.full
-            gx, gh = project(layer_in[t], ih_t, b_ih), project(state[:, 0], hh_t, b_hh)
-            state = native.pointwise(module.cell, gx, gh, state)  # (B, K, D), no copy back
+            state = dense(layer_in[t], state.unsqueeze(0))[0]
         elif top:
             mixed = low != top
             h = state[:, 0, :top]
@@ -117,7 +117,7 @@ class SubMatrices:
     BLOCK_BUDGET = 2.0
 
     def __init__(self, weights, full, gates: int) -> None:
-        self.weights, self.full, self.gates = weights, (full.ih, full.hh, full.b_ih, full.b_hh), gates
+        self.weights, self.full, self.gates = weights, full, gates
         self.views: dict[int, tuple] = {}
         self.blocks: dict[int, tuple] = {}
         self.room = self.BLOCK_BUDGET * (full.ih.numel() + full.hh.numel())
@@ -136,7 +136,7 @@ class SubMatrices:
 
     def _block(self, d: int) -> tuple:
         """The gate-major blocks for the first d neurons, contiguous."""
-        ih_t, hh_t, b_ih, b_hh = self.full
+        ih_t, hh_t, b_ih, b_hh = self.full.ih, self.full.hh, self.full.b_ih, self.full.b_hh
         size = hh_t.shape[0]
         cut = lambda w: w.view(w.shape[0], self.gates, size)[:, :, :d].reshape(w.shape[0], -1)  # noqa: E731
         bias = lambda b: None if b is None else b.view(self.gates, size)[:, :d].reshape(-1)  # noqa: E731
