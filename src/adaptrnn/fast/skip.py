@@ -165,7 +165,10 @@ def _run_batch(
         out[t] = log.cell[-1, :, 0]
         filled = t + 1
         delta = module.update_increment(new).double().cpu().numpy()  # (n,) Δũ of eq. 4
-        next_t[due] = t + 1 + skip_counts(delta, threshold)
+        if threshold < 1 and delta.min() > threshold:  # N_skip = floor(threshold / Δũ) = 0 for every row
+            next_t[due] = t + 1
+        else:
+            next_t[due] = t + 1 + skip_counts(delta, threshold)
         next_t[next_t >= ends] = np.inf
         log.add(t, due, None, delta)
         t = next_t.min()
