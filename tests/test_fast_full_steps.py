@@ -110,3 +110,33 @@ def test_act_every_row_halts_at_once(cell, num_layers, padded):
             mixed = True
             break
     assert mixed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["skip", "vc", "sa", "act"])
+def test_full_steps_without_bias_and_in_float32(method, dtype):
+    """The ATen step's weight lists without biases (ACT: the flag then is the only input bias),
+    and float32 (to float32 tolerance), every row computing everything at every step."""
+    torch.manual_seed(14)
+    m = lively(method, "lstm", 2, bias=False)
+    with torch.no_grad():
+        if method == "skip":
+            m.update_bias.fill_(6.0)
+        elif method == "act":
+            m.halting_bias.fill_(8.0)
+        for layer in range(2):
+            if method == "vc":
+                getattr(m, f"scheduler_bias_l{layer}").fill_(20.0)
+                m.options["scale"] = 1.0
+            elif method == "sa":
+                m.gate_weights(layer)[2].fill_(5.0)
+        m = m.to(dtype)
+        x = torch.randn(T, B, 3, dtype=dtype)
+        got, want = m(x), reference_twin(m)(x)
+        assert bool(want[2].updates.eq(1).all())
+        if dtype == torch.float64:
+            assert_same(got, want)
+        else:
+            torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got[1].cell, want[1].cell, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got[2].updates, want[2].updates)
