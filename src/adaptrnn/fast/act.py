@@ -20,6 +20,7 @@ from torch import Tensor
 from ..cells import input_projection
 from ..layer import RecurrentState, Stats
 from . import native
+from .aten_step import AtenStep
 from .weights import projected_stack_step, transposed
 
 
@@ -40,12 +41,14 @@ def act_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) 
         out[ends:] = cell[-1, 0, 0]  # padded steps keep the state
         out, steps, remainders = out.unsqueeze(1), steps.unsqueeze(1), remainders.unsqueeze(1)
     else:
+        first = AtenStep(module, range(module.num_layers), first_bias=module.flag_weight)
         for t in range(seq_len):
             rows = every if valid is None else valid[t].nonzero().squeeze(1)
             if rows.numel() == batch:
-                cell, steps[t], remainders[t] = ponder(module, layers, gx0[t], cell)
+                cell, steps[t], remainders[t] = ponder(module, layers, gx0[t], cell, x[t], first)
             elif rows.numel():
-                new, steps_t, remainders_t = ponder(module, layers, gx0[t].index_select(0, rows), cell[:, rows])
+                picked = gx0[t].index_select(0, rows), cell[:, rows], x[t].index_select(0, rows)
+                new, steps_t, remainders_t = ponder(module, layers, *picked, first)
                 cell.index_copy_(1, rows, new)
                 steps[t].index_copy_(0, rows, steps_t)
                 remainders[t].index_copy_(0, rows, remainders_t)
@@ -61,23 +64,31 @@ def act_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) 
     return out, RecurrentState(cell), stats
 
 
-def ponder(module, layers, gx: Tensor, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def ponder(module, layers, gx: Tensor, cell: Tensor, x: Tensor, first: AtenStep) -> tuple[Tensor, Tensor, Tensor]:
     """All ponder steps of one input step for the rows given, dropping rows as they halt.
 
-    gx: (n, G*D) layer 0's input projection; cell: (L, n, K, D) s_{t-1}.
+    gx: (n, G*D) layer 0's input projection; cell: (L, n, K, D) s_{t-1}; x: (n, I) the
+    input, for ``first``: the stack's first ponder step (flag set) in one ATen call.
     Returns the mean-field state s_t (L, n, K, D), N(t) (n,) and R(t) (n,).
     """
     max_steps = int(module.options["max_steps"])
     threshold = 1.0 - float(module.options["epsilon"])
     count = gx.shape[0]
+    s = first(x, cell)  # n = 1: the flag's weights are part of the first layer's input bias
+    h = module.halting_prob(s)  # (n,)
+    if max_steps == 1 or bool((h >= threshold).all()):
+        # Every row halts at the first ponder step: p = 1 - 0 = 1, so the mean-field state is
+        # s itself (exactly, as in the reference's 0 + 1·s), N(t) = 1 and R(t) = 1.
+        ones = gx.new_ones(count)
+        return s, ones, ones.clone()
     mean = torch.zeros_like(cell)
     steps, remainders = gx.new_zeros(count), gx.new_zeros(count)
     place = torch.arange(count, device=gx.device)  # running row -> its place in the output
     cum = gx.new_zeros(count)  # Σ h of the steps taken so far
-    s = cell
     for n in range(1, max_steps + 1):
-        s = projected_stack_step(module.cell, layers, gx + module.flag_weight if n == 1 else gx, s)
-        h = module.halting_prob(s)  # (r,)
+        if n > 1:
+            s = projected_stack_step(module.cell, layers, gx, s)
+            h = module.halting_prob(s)  # (r,)
         stop = (cum + h >= threshold) | (n == max_steps)
         p = torch.where(stop, 1 - cum, h)  # p_t^n: R(t) at the halting step, h before
         mean.index_add_(1, place, p.view(1, -1, 1, 1) * s)

@@ -20,6 +20,7 @@ from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
 from ..methods.sa import hard_sigmoid
 from . import native
+from .aten_step import AtenStep
 from .weights import gate_major, neuron_major, project, transposed
 
 # Gathering the active rows adds ~10 tensor operations per step (tens of microseconds from
@@ -74,6 +75,7 @@ def _steps(module, layer: int, layer_in: Tensor, gate_x: Tensor, rows, full, s: 
     gates, size = GATES[module.cell], module.hidden_size
     slope, threshold = float(module.slope), float(module.options["threshold"])
     diag = module.gate_weights(layer)[0]
+    dense = AtenStep(module, range(layer, layer + 1))
     out = layer_in.new_empty(seq_len, batch, size)
     masks = layer_in.new_empty(seq_len, batch, size)
     likelihoods = layer_in.new_empty(seq_len, batch)
@@ -86,7 +88,9 @@ def _steps(module, layer: int, layer_in: Tensor, gate_x: Tensor, rows, full, s: 
         masks[t] = u
         active = u.any(0).nonzero().squeeze(1)  # (k,) neurons updated by some row
         k = active.numel()
-        if (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
+        if k == size and bool(u.all()):  # every neuron of every row updates: a dense step, no mask
+            s = dense(layer_in[t], s.unsqueeze(0))[0]
+        elif (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
             gx = project(layer_in[t], full.ih, full.b_ih)
             gh = project(s[:, 0], full.hh, full.b_hh)
             s = torch.where(u.unsqueeze(1), native.pointwise(module.cell, gx, gh, s), s)

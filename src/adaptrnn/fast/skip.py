@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..layer import RecurrentState, Stats, valid_float
 from . import native
+from .aten_step import AtenStep
 from .weights import stack_step, transposed
 
 Features = Callable[[Tensor, Tensor], Tensor]  # (steps (n,), rows (n,)) -> (n, I)
@@ -104,9 +105,12 @@ def skip_forward(
     delta = state.extras["delta_prob"].double().cpu().numpy()
     next_t = first_update(prob, delta, threshold)  # (B,) float64, inf = no further update
     next_t[next_t >= ends] = np.inf
-    run = _run_single if batch == 1 else _run_batch
-    log = run(module, inputs, next_t, ends, state.cell.clone(), threshold)
-    return _assemble(module, state, seq_len, batch, valid, log)
+    if batch == 1:
+        log, out = _run_single(module, inputs, next_t, ends, state.cell.clone(), threshold), None
+    else:
+        out = state.cell.new_empty(seq_len, batch, module.hidden_size)
+        log = _run_batch(module, inputs, next_t, ends, state.cell.clone(), threshold, out)
+    return _assemble(module, state, seq_len, batch, valid, log, out)
 
 
 class UpdateLog:
@@ -120,35 +124,56 @@ class UpdateLog:
         self.hidden: list[Tensor] = []
         self.deltas: list[np.ndarray] = []
 
-    def add(self, step: int, rows: np.ndarray, hidden: Tensor, deltas: np.ndarray) -> None:
+    def add(self, step: int, rows: np.ndarray, hidden: Tensor | None, deltas: np.ndarray) -> None:
         self.steps.append(np.full(rows.size, step))
         self.rows.append(rows)
-        self.hidden.append(hidden)
+        if hidden is not None:  # the batched loop writes its outputs directly instead
+            self.hidden.append(hidden)
         self.deltas.append(deltas)
 
 
-def _run_batch(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold: float) -> UpdateLog:
-    """Gather the due rows at each step where any is due, step them, scatter them back."""
-    layers = transposed(module)
-    log = UpdateLog(cell)  # log.cell (L, B, K, D) is overwritten row by row
-    every = torch.arange(cell.shape[1], device=cell.device)
+def _run_batch(
+    module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold: float, out: Tensor
+) -> UpdateLog:
+    """Gather the due rows at each step where any is due, step them, scatter them back.
+
+    Writes the top-layer h of every step into ``out`` (T, B, D) as it goes (a step that is not
+    visited repeats the state before it), so no table of updates is gathered afterwards.
+    """
+    layers, dense = transposed(module), AtenStep(module, range(module.num_layers))
+    log = UpdateLog(cell)  # log.cell (L, B, K, D): the current state of every row
+    batch = cell.shape[1]
+    filled = 0  # out[:filled] is written
     t = next_t.min()
     while t < np.inf:
         t = int(t)
+        if t > filled:  # steps no row visited repeat the state (one broadcast copy per gap)
+            out[filled:t] = log.cell[-1, :, 0]
         due = np.flatnonzero(next_t == t)
-        all_due = due.size == cell.shape[1]
-        rows = every if all_due else torch.from_numpy(due).to(cell.device)
-        if isinstance(inputs, Tensor):
-            x_t = inputs[t] if all_due else inputs[t].index_select(0, rows)
+        if due.size == batch:  # every row is due: no gather, and the new state replaces the old
+            x_t = inputs[t] if isinstance(inputs, Tensor) else inputs(*_all_rows(t, batch, cell.device))
+            log.cell = dense(x_t, log.cell)
+            new = log.cell
         else:
-            x_t = inputs(torch.full_like(rows, t), rows)
-        new = stack_step(module.cell, layers, x_t, cell if all_due else cell.index_select(1, rows))
-        cell.index_copy_(1, rows, new)  # a copy even when all are due: ``new`` stays in the log
+            rows = torch.from_numpy(due).to(cell.device)
+            if isinstance(inputs, Tensor):
+                x_t = inputs[t].index_select(0, rows)
+            else:
+                x_t = inputs(torch.full_like(rows, t), rows)
+            new = stack_step(module.cell, layers, x_t, log.cell.index_select(1, rows))
+            log.cell.index_copy_(1, rows, new)
+        out[t] = log.cell[-1, :, 0]
+        filled = t + 1
         delta = module.update_increment(new).double().cpu().numpy()  # (n,) Δũ of eq. 4
-        next_t[due] = t + 1 + skip_counts(delta, threshold)
+        if threshold < 1 and delta.min() > threshold:  # N_skip = floor(threshold / Δũ) = 0 for every row
+            next_t[due] = t + 1
+        else:
+            next_t[due] = t + 1 + skip_counts(delta, threshold)
         next_t[next_t >= ends] = np.inf
-        log.add(t, due, new[-1, :, 0], delta)
+        log.add(t, due, None, delta)
         t = next_t.min()
+    if filled < out.shape[0]:
+        out[filled:] = log.cell[-1, :, 0]
     return log
 
 
@@ -185,20 +210,24 @@ def _run_single(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tens
     return log
 
 
-def _assemble(module, state: RecurrentState, seq_len: int, batch: int, valid: Tensor | None, log: UpdateLog):
-    """Outputs, final state and statistics from the log of updates (all vectorised)."""
+def _assemble(
+    module, state: RecurrentState, seq_len: int, batch: int, valid: Tensor | None, log: UpdateLog, out: Tensor | None
+):
+    """Outputs (unless the loop wrote them into ``out``), final state and statistics from the
+    log of updates (all vectorised)."""
     cell = log.cell
     device, dtype = cell.device, cell.dtype
     step_idx, row_idx = _joined(log.steps, device, torch.long), _joined(log.rows, device, torch.long)
     deltas = _joined(log.deltas, device, dtype)
     events = step_idx.numel()
-    table = torch.cat([state.cell[-1, :, 0], *log.hidden])  # (B + E, D): initial top h, then each update's
     # Event index of the latest update at or before each step, -1 before the first.
     latest = torch.full((seq_len + 1, batch), -1, dtype=torch.long, device=device)
     latest[step_idx, row_idx] = torch.arange(events, device=device)
     latest = latest.cummax(0).values  # (T+1, B); row T has no updates, so it repeats row T-1
     rows = torch.arange(batch, device=device)
-    out = table[torch.where(latest[:seq_len] >= 0, latest[:seq_len] + batch, rows)]  # (T, B, D)
+    if out is None:
+        table = torch.cat([state.cell[-1, :, 0], *log.hidden])  # (B + E, D): initial top h, then each update's
+        out = table[torch.where(latest[:seq_len] >= 0, latest[:seq_len] + batch, rows)]  # (T, B, D)
     updated = torch.zeros(seq_len + 1, batch, dtype=dtype, device=device)
     updated[step_idx, row_idx] = 1.0
     # ũ at each step t = 0..T (eq. 5 in closed form): min(k·Δũ, 1) k steps after an update,
@@ -232,3 +261,9 @@ def _assemble(module, state: RecurrentState, seq_len: int, batch: int, valid: Te
 def _joined(parts: list[np.ndarray], device: torch.device, dtype: torch.dtype) -> Tensor:
     """One tensor from the host arrays the loops logged."""
     return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0)).to(device, dtype)
+
+
+def _all_rows(step: int, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The (steps, rows) request of a ``features`` callable for every row at one step."""
+    rows = torch.arange(batch, device=device)
+    return torch.full_like(rows, step), rows

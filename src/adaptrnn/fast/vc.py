@@ -3,7 +3,9 @@
 The hard version updates the first d_t dimensions from the first d_t dimensions of h_{t-1}
 and all of x_t (METHODS.md §3). With the weights stored neuron-major (``weights.neuron_major``)
 the rows needed are the first ``G·d`` of each matrix and the columns of W_hh the first d, so a
-step is two products with strided sub-matrices, no copy of the weights.
+step is two products with strided sub-matrices, no copy of the weights. In a batch the blocks
+are copied gate-major once per call and d where that is cheap (``SubMatrices``), and a step at
+which every row has d_t = D is one ATen RNN call (``aten_step``).
 
 At batch 1 (float32 or float64 on the CPU) the whole loop of a layer runs in C
 (``native.vc_layer``), computing the same blocks.
@@ -23,7 +25,8 @@ from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
 from ..methods.vc import active_dims
 from . import native
-from .weights import gate_major, neuron_major, project
+from .aten_step import AtenStep
+from .weights import gate_major, neuron_major, project, transposed
 
 
 def vc_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
@@ -36,7 +39,7 @@ def vc_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     finals, fractions, schedules = [], [], []
     flops, deviation = x.new_zeros(batch), x.new_zeros(batch)
     layer_in = x  # (T, B, I)
-    for layer, w in enumerate(neuron_major(module, transpose=True)):
+    for layer, (w, full) in enumerate(zip(neuron_major(module, transpose=True), transposed(module), strict=True)):
         in_size = layer_in.shape[-1]
         v = getattr(module, f"scheduler_x_l{layer}")
         x_score = layer_in @ v  # (T, B) the scheduler's input term, for all steps at once
@@ -48,7 +51,7 @@ def vc_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             out[steps:] = s[0, 0]  # padded steps keep the state
             out, ms, ds = out.unsqueeze(1), ms.unsqueeze(1), ds.to(x.dtype).unsqueeze(1)
         else:
-            out, ms, ds = _steps(module, layer, layer_in, x_score, SubMatrices(w, gates), s, valid)
+            out, ms, ds = _steps(module, layer, layer_in, x_score, SubMatrices(w, full, gates), s, valid)
         ds = ds * weight
         flops = flops + (gates * ds * (in_size + ds) + weight * (size + in_size)).sum(0)
         fractions.append(ds / size)
@@ -69,48 +72,81 @@ def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMat
     """
     seq_len, batch = layer_in.shape[:2]
     size, scale = module.hidden_size, float(module.options["scale"])
-    gates, u, b = GATES[module.cell], *(getattr(module, f"scheduler_{n}_l{layer}") for n in ("h", "bias"))
+    u, b = (getattr(module, f"scheduler_{n}_l{layer}") for n in ("h", "bias"))
     dims = torch.arange(size, device=layer_in.device)
     out = layer_in.new_empty(seq_len, batch, size)
     ms, ds = layer_in.new_empty(seq_len, batch), layer_in.new_empty(seq_len, batch)
+    dense = AtenStep(module, range(layer, layer + 1))
+    state = s  # the rows' state, replaced by each full step's output, copied back into s at the end
     for t in range(seq_len):
-        m = torch.sigmoid(s[:, 0] @ u + x_score[t] + b)  # (B,) m_t
+        m = torch.sigmoid(state[:, 0] @ u + x_score[t] + b)  # (B,) m_t
         if scale != 1.0:
             m = (m * scale).clamp(max=1.0)
         d = active_dims(m, size)  # (B,)
         if valid is not None:
             d = torch.where(valid[t], d, 0)
-        top = int(d.max())
-        if top:
-            mixed = bool((d != top).any())
-            h = s[:, 0, :top]
+        low, top = torch.stack(torch.aminmax(d)).tolist()  # one host read
+        if top == size and low == top:  # every row updates every dimension: a dense step
+            state = dense(layer_in[t], state.unsqueeze(0))[0]
+        elif top:
+            mixed = low != top
+            h = state[:, 0, :top]
             if mixed:
                 keep = dims[:top] < d.unsqueeze(1)  # (B, top) dimensions each row updates
                 h = h * keep
-            ih_t, hh_t, b_ih, b_hh = blocks[top]
-            gx = gate_major(project(layer_in[t], ih_t, b_ih), gates)  # (B, G*top)
-            gh = gate_major(project(h, hh_t, b_hh), gates)
-            new = native.pointwise(module.cell, gx, gh, s[:, :, :top])  # (B, K, top)
+            gx, gh = blocks.products(top, layer_in[t], h)  # (B, G*top) each, gate-major
+            new = native.pointwise(module.cell, gx, gh, state[:, :, :top])  # (B, K, top)
             if mixed:
-                new = torch.where(keep.unsqueeze(1), new, s[:, :, :top])
-            s[:, :, :top] = new
-        out[t] = s[:, 0]
+                new = torch.where(keep.unsqueeze(1), new, state[:, :, :top])
+            state[:, :, :top] = new
+        out[t] = state[:, 0]
         ms[t], ds[t] = m, d
+    if state is not s:
+        s.copy_(state)
     return out, ms, ds
 
 
 class SubMatrices:
-    """The upper-left blocks of one layer's neuron-major weights, as views made once per d.
+    """One layer's weights for the products of a step that updates the first d neurons.
 
-    ``blocks[d]`` is (W_ih^T columns for the first d neurons (C, G*d), W_hh^T block (d, G*d),
-    b_ih (G*d,), b_hh (G*d,)); strided views, no copies.
+    ``full``: the gate-major transposed weights (``weights.transposed``) for d = D. For d < D
+    the upper-left blocks, gate-major: copied once per call and d into contiguous (C, G*d) and
+    (d, G*d) blocks while their total size stays within ``BLOCK_BUDGET`` times the layer's
+    weights (a step then needs no reordering), else multiplied as strided neuron-major views
+    (``weights.neuron_major``, no copy of the weights) with the products reordered per step.
     """
 
-    def __init__(self, weights, gates: int) -> None:
-        self.weights, self.gates = weights, gates
+    BLOCK_BUDGET = 2.0
+
+    def __init__(self, weights, full, gates: int) -> None:
+        self.weights, self.full, self.gates = weights, full, gates
         self.views: dict[int, tuple] = {}
+        self.blocks: dict[int, tuple] = {}
+        self.room = self.BLOCK_BUDGET * (full.ih.numel() + full.hh.numel())
+
+    def products(self, d: int, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """x (n, C) and h (n, d) times the first d neurons' gate rows -> gx, gh (n, G*d), gate-major."""
+        block = self.blocks.get(d)
+        if block is None and (x.shape[1] + d) * self.gates * d <= self.room:
+            block = self.blocks[d] = self._block(d)
+            self.room -= block[0].numel() + block[1].numel()
+        if block is not None:
+            ih_t, hh_t, b_ih, b_hh = block
+            return project(x, ih_t, b_ih), project(h, hh_t, b_hh)
+        ih_t, hh_t, b_ih, b_hh = self[d]
+        return gate_major(project(x, ih_t, b_ih), self.gates), gate_major(project(h, hh_t, b_hh), self.gates)
+
+    def _block(self, d: int) -> tuple:
+        """The gate-major blocks for the first d neurons, contiguous."""
+        ih_t, hh_t, b_ih, b_hh = self.full.ih, self.full.hh, self.full.b_ih, self.full.b_hh
+        size = hh_t.shape[0]
+        cut = lambda w: w.view(w.shape[0], self.gates, size)[:, :, :d].reshape(w.shape[0], -1)  # noqa: E731
+        bias = lambda b: None if b is None else b.view(self.gates, size)[:, :d].reshape(-1)  # noqa: E731
+        return cut(ih_t), cut(hh_t[:d]), bias(b_ih), bias(b_hh)
 
     def __getitem__(self, d: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Neuron-major views: (W_ih^T columns for the first d neurons (C, G*d), W_hh^T block
+        (d, G*d), b_ih (G*d,), b_hh (G*d,)); strided, no copies."""
         if d not in self.views:
             w, rows = self.weights, self.gates * d
             cut = lambda b: None if b is None else b[:rows]  # noqa: E731

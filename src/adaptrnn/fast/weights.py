@@ -115,4 +115,4 @@ def projected_stack_step(cell: str, layers: list[LayerWeights], gx0: Tensor, s: 
         gx = gx0 if layer == 0 else project(new[-1][:, 0], w.ih, w.b_ih)  # (n, G*D)
         gh = project(s[layer, :, 0], w.hh, w.b_hh)  # (n, G*D)
         new.append(native.pointwise(cell, gx, gh, s[layer]))  # one call where the extension is built
-    return torch.stack(new)
+    return new[0].unsqueeze(0) if len(new) == 1 else torch.stack(new)  # one layer: a view, no copy
