@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..cells import GATES, cell_step, input_projection
+from ..cells import GATES, input_projection, joint_step, joint_weights
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 from .skip import straight_through
 
@@ -87,10 +87,6 @@ class SARNN(RecurrentBase):
         """(diagonal of W_u (D,), W_i (D, I), b (D,)) of one layer."""
         return tuple(getattr(self, f"update_{n}_l{layer}") for n in ("weight_hh", "weight_ih", "bias"))
 
-    def update_likelihood(self, h: Tensor, gate_x: Tensor, diag: Tensor) -> Tensor:
-        """ũ_t = hardσ_α(W_u h_{t-1} + W_i x_t + b); gate_x holds W_i x_t + b. -> (B, D)."""
-        return hard_sigmoid(diag * h + gate_x, float(self.slope))
-
     def binarize(self, likelihood: Tensor) -> Tensor:
         """u_t = 1[ũ_t > threshold], straight-through."""
         if self.full_computation:
@@ -101,7 +97,8 @@ class SARNN(RecurrentBase):
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
         seq_len, batch = x.shape[:2]
         weight = valid_float(valid, seq_len, batch, x)  # (T, B)
-        gates = GATES[self.cell]
+        gates, size = GATES[self.cell], self.hidden_size
+        half_slope = float(self.slope) / 2
         finals, fractions = [], []
         flops, likelihood_sum = x.new_zeros(batch), x.new_zeros(batch)
         layer_in = x  # (T, B, I)
@@ -109,29 +106,39 @@ class SARNN(RecurrentBase):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
             diag, w_i, b_u = self.gate_weights(layer)
             in_size = layer_in.shape[-1]
+            # ũ_t = hardσ_α(W_u h_{t-1} + W_i x_t + b) = clamp(a ⊙ h_{t-1} + c_t, 0, 1) (METHODS.md §4),
+            # with a = α/2 · diag(W_u) and c_t = α/2 · (W_i x_t + b) + 1/2: the hard sigmoid's affine
+            # part folded into the gate's weights, so that a step adds one fused product and a clamp.
+            # c_t does not depend on the state: one product for every step at once.
+            gate_a = diag * half_slope  # (D,)
+            gate_c = input_projection(layer_in, w_i * half_slope, b_u * half_slope + 0.5).unbind(0)  # T × (B, D)
+            # The cell: one product of [x_t, h_{t-1}] per step (cells.joint_step).
+            weight_t, bias = joint_weights(self.cell, w_ih, w_hh, b_ih, b_hh)
             # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
             # full-size gradient per step.
-            gx = input_projection(layer_in, w_ih, b_ih).unbind(0)  # T × (B, G*D)
-            gate_x = input_projection(layer_in, w_i, b_u).unbind(0)  # T × (B, D)
+            steps = layer_in.unbind(0)  # T × (B, I)
             s = state.cell[layer]  # (B, K, D)
+            h = s[:, 0]  # h_{t-1}: selected once per step, read by the gate, the product and the output
             outs, masks, likelihoods = [], [], []
             for t in range(seq_len):
-                h_gate = s[:, 0].detach() if self.options["detach_gate_state"] else s[:, 0]
-                likelihood = self.update_likelihood(h_gate, gate_x[t], diag)
-                u = self.binarize(likelihood)  # (B, D)
-                candidate = cell_step(self.cell, gx[t], s, w_hh, b_hh)
-                u3 = u.unsqueeze(1)  # (B, 1, D) keeps h and c alike
-                s = keep_where(None if valid is None else valid[t], u3 * candidate + (1 - u3) * s, s)
-                outs.append(s[:, 0])
+                h_gate = h.detach() if self.options["detach_gate_state"] else h
+                likelihood = torch.addcmul(gate_c[t], gate_a, h_gate).clamp(0.0, 1.0)  # ũ_t (B, D)
+                u = self.binarize(likelihood)  # u_t (B, D), straight-through
+                candidate = joint_step(self.cell, steps[t], h, s, weight_t, bias)  # S(s_{t-1}, x_t)
+                # s_t = u_t ⊙ S + (1 − u_t) ⊙ s_{t-1} for h and c alike, as one lerp s + u ⊙ (S − s):
+                # exactly S where u = 1 and s where u = 0 (torch.lerp), with the same gradients.
+                s = keep_where(None if valid is None else valid[t], torch.lerp(s, candidate, u.unsqueeze(1)), s)
+                h = s[:, 0]
+                outs.append(h)
                 masks.append(u.detach())
                 likelihoods.append(likelihood)
             mask = torch.stack(masks) * weight.unsqueeze(-1)  # (T, B, D)
             active = mask.sum(-1)  # (T, B) neurons updated
             likelihood_sum = likelihood_sum + (torch.stack(likelihoods).sum(-1) * weight).sum(0)
             # Rows of the active neurons only, plus the gate (diagonal and W_i x).
-            gate_macs = self.hidden_size * (1 + in_size)
-            flops = flops + (gates * active * (in_size + self.hidden_size) + weight * gate_macs).sum(0)
-            fractions.append(active / self.hidden_size)
+            gate_macs = size * (1 + in_size)
+            flops = flops + (gates * active * (in_size + size) + weight * gate_macs).sum(0)
+            fractions.append(active / size)
             finals.append(s)
             layer_in = self.layer_input_dropout(torch.stack(outs), layer)
         updates = torch.stack(fractions).mean(0).t()  # (B, T)

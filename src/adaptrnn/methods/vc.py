@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..cells import GATES, input_projection, pointwise
+from ..cells import GATES, joint_step, joint_weights
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 
 
@@ -134,20 +134,23 @@ class VCRNN(RecurrentBase):
         for layer in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
             in_size = layer_in.shape[-1]
+            # The cell: one product of [x_t, e_t ⊙ h_{t-1}] per step (cells.joint_step).
+            weight_t, bias = joint_weights(self.cell, w_ih, w_hh, b_ih, b_hh)
             # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
             # full-size gradient per step.
-            gx = input_projection(layer_in, w_ih, b_ih).unbind(0)  # T × (B, G*D)
             steps_in = layer_in.unbind(0)  # T × (B, I)
             s = state.cell[layer]  # (B, K, D)
+            h = s[:, 0]  # h_{t-1}: selected once per step, read by the scheduler, the product and the output
             outs, layer_fraction, layer_m = [], [], []
             for t in range(seq_len):
-                m = self.scheduler(layer, s[:, 0], steps_in[t])  # (B,)
+                m = self.scheduler(layer, h, steps_in[t])  # (B,)
                 e = self.mask(m)  # (B, D)
-                gh = nn.functional.linear(e * s[:, 0], w_hh, b_hh)  # (B, G*D)
-                candidate = pointwise(self.cell, gx[t], gh, s)
-                e3 = e.unsqueeze(1)  # (B, 1, D) masks h and c alike
-                s = keep_where(None if valid is None else valid[t], e3 * candidate + (1 - e3) * s, s)
-                outs.append(s[:, 0])
+                candidate = joint_step(self.cell, steps_in[t], e * h, s, weight_t, bias)  # S_masked(h_{t-1}, x_t)
+                # h_t = e_t ⊙ S + (1 − e_t) ⊙ s_{t-1} for h and c alike, as one lerp s + e ⊙ (S − s)
+                # (exactly S where e = 1 and s where e = 0), with the same gradients.
+                s = keep_where(None if valid is None else valid[t], torch.lerp(s, candidate, e.unsqueeze(1)), s)
+                h = s[:, 0]
+                outs.append(h)
                 layer_fraction.append(e.detach().sum(1))
                 layer_m.append(m)
             d = torch.stack(layer_fraction) * weight  # (T, B) dimensions updated
