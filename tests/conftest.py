@@ -131,3 +131,40 @@ def random_cell(module: ar.RecurrentBase, batch: int = B) -> Tensor:
     """A random (L, B, K, D) state, inside (-1, 1) like a tanh output."""
     shape = (module.num_layers, batch, module.state_parts, module.hidden_size)
     return torch.rand(shape, dtype=DTYPE) * 2 - 1
+
+
+def vary_gates(
+    m: ar.RecurrentBase,
+    skip_bias: float = -0.8,
+    act_scale: float = 4.0,
+    max_steps: int | None = None,
+    sa_bias: float = -0.2,
+    vc_scale: float = 0.8,
+    vc_scheduler_scale: float | None = 4.0,
+) -> ar.RecurrentBase:
+    """Move a module's gate away from "always compute" so decisions vary over steps and rows.
+
+    Skip: sharper Δũ with bias ``skip_bias``; ACT: halting weights x ``act_scale``, bias -1
+    (``max_steps`` caps the ponder loop); SA: recurrent gate weights x4, bias ``sa_bias``;
+    VC: scale ``vc_scale`` and scheduler weights x ``vc_scheduler_scale`` (None: unchanged).
+    """
+    layers = range(m.num_layers)
+    with torch.no_grad():
+        if isinstance(m, ar.SkipRNN):
+            m.update_weight.mul_(4.0)
+            m.update_bias.fill_(skip_bias)
+        elif isinstance(m, ar.ACTRNN):
+            m.halting_weight.mul_(act_scale)
+            m.halting_bias.fill_(-1.0)
+            if max_steps is not None:
+                m.options["max_steps"] = max_steps
+        elif isinstance(m, ar.SARNN):
+            for layer in layers:
+                getattr(m, f"update_weight_hh_l{layer}").mul_(4.0)
+                getattr(m, f"update_bias_l{layer}").fill_(sa_bias)
+        elif isinstance(m, ar.VCRNN):
+            m.options["scale"] = vc_scale
+            if vc_scheduler_scale is not None:
+                for layer in layers:
+                    getattr(m, f"scheduler_h_l{layer}").mul_(vc_scheduler_scale)
+    return m

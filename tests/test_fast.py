@@ -23,6 +23,7 @@ from adaptrnn.fast import sa as fast_sa
 from adaptrnn.fast import skip as fast_skip
 from adaptrnn.fast.stream import Stream
 from adaptrnn.layer import RecurrentState
+from conftest import vary_gates
 
 CELLS = ("rnn", "gru", "lstm")
 ADAPTIVE = ("skip", "act", "vc", "sa")
@@ -36,22 +37,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def lively(method: str, cell: str, num_layers: int = 1, **options) -> ar.RecurrentBase:
     """An eval-mode float64 module whose gate varies over steps and rows."""
     m = ar.METHODS[method](cell, I, D, num_layers=num_layers, **options).to(DTYPE).eval()
-    with torch.no_grad():
-        if method == "skip":
-            m.update_weight.mul_(4.0)
-            m.update_bias.fill_(-0.8)
-        elif method == "act":
-            m.halting_weight.mul_(4.0)
-            m.halting_bias.fill_(-1.0)
-        elif method == "sa":
-            for layer in range(num_layers):
-                getattr(m, f"update_weight_hh_l{layer}").mul_(4.0)
-                getattr(m, f"update_bias_l{layer}").fill_(-0.2)
-        elif method == "vc":
-            m.options["scale"] = 0.8
-            for layer in range(num_layers):
-                getattr(m, f"scheduler_h_l{layer}").mul_(4.0)
-    return m
+    return vary_gates(m)
 
 
 def reference_twin(module: ar.RecurrentBase) -> ar.RecurrentBase:

@@ -17,6 +17,7 @@ import torch
 
 import adaptrnn as ar
 from adaptrnn.fast import native
+from conftest import vary_gates
 
 CELLS = ("rnn", "gru", "lstm")
 NATIVE = {"skip": "skip_run", "vc": "vc_layer", "sa": "sa_layer", "act": "act_loop"}
@@ -29,23 +30,7 @@ needs_native = pytest.mark.skipif(native.library() is None, reason="the native e
 def lively(method: str, cell: str, num_layers: int, dtype: torch.dtype, bias: bool = True) -> ar.RecurrentBase:
     """An eval-mode module whose gate varies over steps (as in test_fast.py, at a larger D)."""
     m = ar.METHODS[method](cell, I, D, num_layers=num_layers, bias=bias).to(dtype).eval()
-    with torch.no_grad():
-        if method == "skip":
-            m.update_weight.mul_(4.0)
-            m.update_bias.fill_(-0.8)
-        elif method == "act":
-            m.halting_weight.mul_(8.0)
-            m.halting_bias.fill_(-1.0)
-            m.options["max_steps"] = 6  # the cap is reached too
-        elif method == "sa":
-            for layer in range(num_layers):
-                getattr(m, f"update_weight_hh_l{layer}").mul_(4.0)
-                getattr(m, f"update_bias_l{layer}").fill_(-0.2)
-        elif method == "vc":
-            m.options["scale"] = 0.8
-            for layer in range(num_layers):
-                getattr(m, f"scheduler_h_l{layer}").mul_(4.0)
-    return m
+    return vary_gates(m, act_scale=8.0, max_steps=6)  # ACT's cap is reached too
 
 
 def assert_same(got, want, dtype) -> None:

@@ -18,6 +18,7 @@ import torch
 
 import adaptrnn as ar
 from adaptrnn.fast import native
+from conftest import vary_gates
 from test_native import CELLS, NATIVE, assert_same, needs_native
 
 I, D, T = 6, 200, 40
@@ -27,21 +28,8 @@ def wide(method: str, cell: str, dtype: torch.dtype) -> ar.RecurrentBase:
     """A two-layer eval-mode module whose gate varies over steps, with products worth splitting."""
     torch.manual_seed(11)
     m = ar.METHODS[method](cell, I, D, num_layers=2).to(dtype).eval()
-    with torch.no_grad():
-        if method == "skip":
-            m.update_weight.mul_(4.0)
-            m.update_bias.fill_(-0.5)
-        elif method == "act":
-            m.halting_weight.mul_(8.0)
-            m.halting_bias.fill_(-1.0)
-            m.options["max_steps"] = 4
-        elif method == "sa":
-            for layer in range(2):
-                getattr(m, f"update_weight_hh_l{layer}").mul_(4.0)
-                getattr(m, f"update_bias_l{layer}").fill_(0.4)  # most neurons active: the split runs
-        elif method == "vc":
-            m.options["scale"] = 0.9
-    return m
+    # most SA neurons active and VC's schedule as is, so the threaded split runs
+    return vary_gates(m, skip_bias=-0.5, act_scale=8.0, max_steps=4, sa_bias=0.4, vc_scale=0.9, vc_scheduler_scale=None)
 
 
 def run_with_threads(m, x: torch.Tensor, threads: int):
