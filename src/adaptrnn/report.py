@@ -161,6 +161,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found")
+    return metric_lines(path)
+
+
+def metric_lines(path: Path) -> list[dict[str, Any]]:
+    """The parsable lines of a ``metrics.jsonl`` file, each a dict with a ``step``."""
     records = []
     for line in path.read_text().splitlines():
         try:

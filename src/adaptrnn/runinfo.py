@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import platform
 import re
@@ -29,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .report import metric_lines
 
 COLLAPSE_GIVE_BACK = 0.5  # fraction of the covered range the final validation may give back
 COLLAPSE_MIN_RANGE = 0.25  # the covered range, relative to the metric's scale, that counts as learning
@@ -87,25 +88,10 @@ def validation_history(lines: Iterable[dict[str, Any]]) -> list[tuple[int, float
     return [(int(line["step"]), float(line["val_metric"])) for line in lines if line.get("val_metric") is not None]
 
 
-def read_metric_lines(path: str | Path) -> list[dict[str, Any]]:
-    """The parsable lines of a ``metrics.jsonl`` (empty if the file is missing)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            line = json.loads(text)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(line, dict) and "step" in line:
-            lines.append(line)
-    return lines
-
-
 def collapse_record(metrics_path: str | Path, higher_is_better: bool) -> dict[str, Any]:
     """``final_val_value``, ``final_val_step`` and ``collapsed`` from a run's metrics.jsonl."""
-    history = validation_history(read_metric_lines(metrics_path))
+    metrics_path = Path(metrics_path)
+    history = validation_history(metric_lines(metrics_path) if metrics_path.is_file() else [])
     if not history:
         return {"final_val_value": None, "final_val_step": None, "collapsed": False}
     step, value = history[-1]
