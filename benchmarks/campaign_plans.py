@@ -49,11 +49,22 @@ ONE_THREAD = {"threads": "1"}  # one run per core: the per-step loops gain littl
 
 # ---- paper-cpu ---------------------------------------------------------------------------
 # Skip RNN Table 1, adding T = 50, the paper's λ (as 2λ on plain MSE: see the configs). Recipe:
-# Adam lr 1e-3 (not the paper's 1e-4: measured for issue 9, lr 1e-4 at batch 256 had not solved
-# the task after 9k steps), the paper's batch 256, 20,000 steps (the official script trains until
-# stopped by hand), validation every 500 steps so that the updates-vs-steps curve is in
-# metrics.jsonl (val_updates_fraction).
-SKIP_ADDING = {**ONE_THREAD, "lr": "1e-3", "batch_size": "256", "eval_every": "500", "log_every": "100"}
+# Adam lr 1e-3 for 3,000 steps, then a half cosine down to the paper's 1e-4 at step 10,000 (the
+# paper: a constant 1e-4, trained until stopped by hand). Why: at a constant 1e-4 the task was not
+# solved after 9k steps (measured for issue 9); at a constant 1e-3 (seed 0, 20k steps,
+# benchmarks/results/runs/paper_cpu/skip_rnn/adding_skip_lstm_l1e-5_lr-const) it was solved by
+# step 2,000 and the updates settled at 42-60% from step 3,000, but the gradient exploded at
+# steps 8,900 and 13,900 and the second explosion collapsed the run. The paper's batch 256;
+# validation every 500 steps so that the updates-vs-steps curve is in metrics.jsonl.
+SKIP_ADDING = {
+    **ONE_THREAD,
+    "lr": "1e-3",
+    "lr_final": "1e-4",
+    "lr_decay_start": "3000",
+    "batch_size": "256",
+    "eval_every": "500",
+    "log_every": "100",
+}
 # ACT parity, 64 bits. Random layout (the paper's task): the paper's lr 1e-4, batch 128 and ~1M steps.
 # Prefix layout (Fojo et al.'s code): their lr 1e-3 and 100,000 steps, for a like-for-like comparison.
 PARITY_PAPER = {**ONE_THREAD, "lr": "1e-4", "eval_every": "10000", "log_every": "1000"}
@@ -68,7 +79,7 @@ CHAR_LM = {**ONE_THREAD, "eval_batches": "20", "eval_every": "1000"}
 
 PAPER_CPU: list[Row] = [
     *(
-        Row(f"skip_rnn/{name}", seeds=(0, 1, 2), steps=20000, overrides=SKIP_ADDING)
+        Row(f"skip_rnn/{name}", seeds=(0, 1, 2), steps=10000, overrides=SKIP_ADDING)
         for name in (
             "adding_skip_lstm_l1e-5",
             "adding_skip_gru_l1e-5",

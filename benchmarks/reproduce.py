@@ -159,7 +159,7 @@ TABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "vc_rnn_char_lm": (("vc_rnn/",), "task,model"),
     "act_parity": (("act/parity_", "act_long/", "act_small/"), "task,size,model,time_penalty,train_steps"),
     "act_logic": (("act/logic_",), "task,model,time_penalty"),
-    "paper_cpu_skip_rnn_adding": (("paper_cpu/skip_rnn/adding_",), "task,model,budget,lr,graph"),
+    "paper_cpu_skip_rnn_adding": (("paper_cpu/skip_rnn/adding_",), "task,model,budget,lr,lr_final,graph"),
     "paper_cpu_skip_rnn_frequency": (("paper_cpu/skip_rnn/frequency_",), "task,duration_ms,model,budget,lr,graph"),
     "paper_cpu_act_parity": (("paper_cpu/act/",), "task,layout,model,time_penalty,lr,train_steps"),
     "paper_cpu_sa_rnn_adding_t500": (("paper_cpu/sa_rnn/",), "task,model,budget,lr,detach_gate_state"),
@@ -169,7 +169,7 @@ TABLES: dict[str, tuple[tuple[str, ...], str]] = {
 RUN_COLUMNS = (
     "run_dir task model seed train_steps metric value solved updates_fraction updates_per_sequence "
     "flops_per_sequence dense_flops_per_sequence inference_ms_per_sequence wall_s diverged "
-    "penalty lr batch_size checkpoint collapsed final_val_value graph gate_init detach_gate_state layout"
+    "penalty lr lr_final batch_size checkpoint collapsed final_val_value graph gate_init detach_gate_state layout"
 ).split()
 PENALTIES = ("budget", "time_penalty", "penalty")  # Skip/SA λ, ACT τ, VC penalty weight
 # Options added after some committed runs were made: a config.yaml without the key ran with the
@@ -187,6 +187,7 @@ def run_columns(run: dict) -> dict:
     extra = {
         "penalty": next((method[k] for k in PENALTIES if k in method), None),
         "lr": config.get("lr"),
+        "lr_final": config.get("lr_final"),
         "batch_size": config.get("batch_size"),
         "checkpoint": tested_checkpoint(run),
     }

@@ -117,7 +117,8 @@ class Crash(Exception):
 @pytest.mark.parametrize(
     "task, model, extra",
     [
-        ("adding", "skip-lstm", ("stochastic=true", "budget=1e-3")),  # the RNG state must be restored
+        # the RNG state must be restored, and the lr schedule must continue where it was
+        ("adding", "skip-lstm", ("stochastic=true", "budget=1e-3", "lr_final=1e-4", "lr_decay_start=2")),
         ("char-lm", "gru", ("bptt=6", "batch_size=4", "eval_batches=2")),  # the carried TBPTT state too
     ],
 )
@@ -220,6 +221,22 @@ def test_schedules_follow_the_papers(tmp_path):
         assert float(sa.model.rnn.slope) == pytest.approx(slope), step
     with pytest.raises(ValueError, match="vc-"):
         Trainer(tiny(model="gru", extra=("sharpness_final=5",)), tmp_path / "bad")
+
+
+def test_lr_holds_then_follows_a_half_cosine_to_lr_final(tmp_path):
+    config = tiny(steps=12, extra=("lr=1e-3", "lr_final=1e-4", "lr_decay_start=3", "log_every=1"))
+    assert [train_module.lr_at(config, s) for s in (0, 3)] == [1e-3, 1e-3]
+    # halfway through the decay (step 7 of 3..11) the cosine is at the mean of the two ends
+    assert train_module.lr_at(config, 7) == pytest.approx(5.5e-4)
+    assert train_module.lr_at(config, 11) == pytest.approx(1e-4)
+    train(config, tmp_path / "run", progress=False)
+    logged = [row["lr"] for row in metrics(tmp_path / "run") if "lr" in row]
+    assert logged[:4] == pytest.approx([1e-3] * 4) and logged[-1] == pytest.approx(1e-4)
+    assert logged == sorted(logged, reverse=True)
+    constant = tiny(steps=11)
+    assert {train_module.lr_at(constant, s) for s in range(11)} == {constant.lr}
+    with pytest.raises(ValueError, match="lr_final must be"):
+        tiny(extra=("lr_final=-1",))
 
 
 def test_every_model_name_trains_a_step_and_writes_samples(tmp_path):

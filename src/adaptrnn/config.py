@@ -39,6 +39,9 @@ class TrainConfig:
     steps, batch_size: optimisation steps and global batch size (split over DDP ranks).
     lr, optimizer (adam|adamw), weight_decay, grad_clip (gradient-norm clip; 0 = none):
         the papers' Adam with lr 1e-4, betas (0.9, 0.999), eps 1e-8, clip 1.
+    lr_final, lr_decay_start: None = constant lr; otherwise the lr stays ``lr`` until step
+        ``lr_decay_start`` and then follows a half cosine down to ``lr_final`` at the last step
+        (a schedule of the step alone, so resuming needs no extra state).
     log_every: steps per line of ``metrics.jsonl``; eval_every: steps per validation (and
         ``last`` checkpoint); eval_batches: validation batches per periodic evaluation
         (None = the whole set); eval_batch_size: batch size of every evaluation.
@@ -69,6 +72,8 @@ class TrainConfig:
     steps: int = 10000
     batch_size: int = 256
     lr: float = 1e-4
+    lr_final: float | None = None
+    lr_decay_start: int = 0
     optimizer: str = "adam"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -355,6 +360,8 @@ def _validate(config: TrainConfig) -> None:
     for key, ok, allowed in (
         ("lr", 0 < config.lr < math.inf, "a finite number > 0"),
         ("grad_clip", config.grad_clip >= 0, "a number >= 0 (0 or inf: no clipping)"),
+        ("lr_final", config.lr_final is None or 0 < config.lr_final < math.inf, "a finite number > 0 or none"),
+        ("lr_decay_start", 0 <= config.lr_decay_start, "an integer >= 0"),
         ("weight_decay", 0 <= config.weight_decay < math.inf, "a finite number >= 0"),
         ("sharpness_final", config.sharpness_final is None or 0 < config.sharpness_final < math.inf,
          "a finite number > 0 or none"),

@@ -70,6 +70,15 @@ class TrainingDiverged(RuntimeError):
     """Every gradient of many steps in a row was NaN or infinite (caught by ``Trainer.run``)."""
 
 
+def lr_at(config: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (0-based): constant, or a half cosine from ``lr`` at
+    ``lr_decay_start`` to ``lr_final`` at the last step."""
+    if config.lr_final is None or step <= config.lr_decay_start:
+        return config.lr
+    progress = min(1.0, (step - config.lr_decay_start) / max(1, config.steps - 1 - config.lr_decay_start))
+    return config.lr_final + (config.lr - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class Trainer:
     """One training run. ``Trainer(config, out_dir).run()`` trains, tests and writes the run dir.
 
@@ -220,8 +229,11 @@ class Trainer:
             raise ConfigError(f"slope_epoch_steps applies to sa-* models only, not {cfg.model!r}")
 
     def _apply_schedules(self, step: int) -> None:
-        """VCRNN sharpness: linear ramp to ``sharpness_final``; SA-RNN slope: ``min(5, α_0 + 0.04·epoch)``."""
+        """lr (``lr_at``); VCRNN sharpness: linear ramp to ``sharpness_final``; SA-RNN slope:
+        ``min(5, α_0 + 0.04·epoch)``."""
         cfg, options = self.config, self.config.method_options
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
         sharpness = slope = None
         if cfg.sharpness_final is not None:
             start = float(options["sharpness"])
