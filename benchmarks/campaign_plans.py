@@ -137,35 +137,54 @@ PAPER_CPU: list[Row] = [
 ]
 
 # ---- stability ---------------------------------------------------------------------------
-# Deliver 2 of issue 9: the runs that collapsed or exploded, at the papers' lr 1e-4 against 1e-3,
-# with each straight-through graph (Skip) or the gate's h_{t-1} detached (SA), two seeds each;
-# gradient norms per parameter group are in every metrics.jsonl line. Validation every 250 steps
-# so that a collapse shows in the curve and in result.json's ``collapsed``.
-STABILITY_FREQUENCY = {**ONE_THREAD, "batch_size": "256", "eval_every": "250", "log_every": "50"}
-STABILITY_SA = {**ONE_THREAD, "batch_size": "256", "eval_every": "250", "log_every": "50", "slope_epoch_steps": "50"}
-LRS = ("1e-4", "1e-3")
+# Deliver 2 of issue 9: the settings under which the runs collapsed or exploded, at the papers' lr
+# 1e-4, at 1e-3, and at 1e-3 annealed to 1e-4 (the Skip adding recipe above), with the
+# straight-through graphs (Skip) or the gate's h_{t-1} detached (SA), two seeds each; gradient
+# norms per parameter group are in every metrics.jsonl line. Sized to what a 2-core CPU affords
+# (~7 CPU-hours in all, cheapest and most telling rows first): batch 128 and 2,000 steps for
+# frequency (the collapses measured before came within 1,500 steps at batch 128), 1,000 steps for
+# SA-RNN at T = 500 (the official code's gradient norm exploded within 300 steps). Validation
+# every 250 / 100 steps so that a collapse shows in the curve and in result.json's ``collapsed``.
+STABILITY_FREQUENCY = {**ONE_THREAD, "batch_size": "128", "eval_every": "250", "log_every": "50"}
+STABILITY_SA = {**ONE_THREAD, "batch_size": "128", "eval_every": "100", "log_every": "20", "slope_epoch_steps": "10"}
+
+
+def lr_arms(steps: int, names: tuple[str, ...] = ("1e-4", "1e-3", "1e-3to1e-4")) -> dict[str, dict[str, str]]:
+    """The lr settings compared, by folder suffix: constant 1e-4 or 1e-3, or 1e-3 held for 30% of
+    the steps and then annealed to 1e-4 (``lr_final``)."""
+    arms = {
+        "1e-4": {"lr": "1e-4"},
+        "1e-3": {"lr": "1e-3"},
+        "1e-3to1e-4": {"lr": "1e-3", "lr_final": "1e-4", "lr_decay_start": str(steps * 3 // 10)},
+    }
+    return {name: arms[name] for name in names}
+
+
+def stability_rows(config: str, steps: int, base: dict[str, str], axes: dict[str, tuple[str, ...]], **lr) -> list[Row]:
+    """``variants`` of ``config`` over ``axes``, each at every lr arm (folder ``..._lr<arm>``)."""
+    rows = []
+    for arm, lr_overrides in lr_arms(steps, **lr).items():
+        for row in variants(config, axes, seeds=(0, 1), steps=steps, overrides={**base, **lr_overrides}):
+            rows.append(Row(row.config, row.seeds, row.steps, row.overrides, name=f"{row.name}_lr{arm}"))
+    return rows
+
 
 STABILITY: list[Row] = [
-    *variants(
-        "skip_rnn/frequency_t100_skip_lstm_l1e-4",
-        {"lr": LRS, "graph": ("official", "paper-carried", "paper")},
-        seeds=(0, 1),
-        steps=10000,
-        overrides=STABILITY_FREQUENCY,
-    ),
-    *variants(
+    *stability_rows("skip_rnn/frequency_t100_skip_lstm_l1e-4", 2000, STABILITY_FREQUENCY, {"graph": ("official",)}),
+    *stability_rows("skip_rnn/frequency_t200_skip_lstm_l1e-4", 2000, STABILITY_FREQUENCY, {"graph": ("official",)}),
+    *stability_rows(
         "skip_rnn/frequency_t200_skip_lstm_l1e-4",
-        {"lr": LRS, "graph": ("official", "paper-carried")},
-        seeds=(0, 1),
-        steps=10000,
-        overrides=STABILITY_FREQUENCY,
+        2000,
+        STABILITY_FREQUENCY,
+        {"graph": ("paper-carried",)},
+        names=("1e-3",),
     ),
-    # α = min(5, 1 + 0.04·epoch) with 50-step epochs reaches 5 at step 5,000, the last.
-    *variants(
+    # α = min(5, 1 + 0.04·epoch) with 10-step epochs reaches 5 at step 1,000, the last.
+    *stability_rows(
         "sa_rnn/adding_t500_sa_gru_l0",
-        {"lr": LRS, "detach_gate_state": ("false", "true")},
-        seeds=(0, 1),
-        steps=5000,
-        overrides=STABILITY_SA,
+        1000,
+        STABILITY_SA,
+        {"detach_gate_state": ("false", "true")},
+        names=("1e-4", "1e-3"),
     ),
 ]

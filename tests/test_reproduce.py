@@ -45,8 +45,11 @@ def test_paper_cpu_plan_has_the_issue_rows():
         assert len(row.seeds) >= 4 and row.overrides.get("layout", "random") == "random"
         assert rows[f"act/prefix_parity_act_rnn_t{tau}"].overrides["layout"] == "prefix"
     stability = [row.overrides for row in reproduce.PLANS["stability"]]
-    assert {o["lr"] for o in stability} == {"1e-4", "1e-3"}
-    assert {o.get("graph") for o in stability} >= {"official", "paper-carried", "paper"}
+    assert {(o["lr"], o.get("lr_final")) for o in stability} == {("1e-4", None), ("1e-3", None), ("1e-3", "1e-4")}
+    assert {o.get("graph") for o in stability} >= {"official", "paper-carried"}
+    assert all(len(row.seeds) >= 2 for row in reproduce.PLANS["stability"])
+    names = [row.folder for row in reproduce.PLANS["stability"]]
+    assert len(set(names)) == len(names)
     assert {o.get("detach_gate_state") for o in stability} >= {"true", "false"}
 
 
