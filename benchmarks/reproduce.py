@@ -160,7 +160,10 @@ TABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "act_parity": (("act/parity_", "act_long/", "act_small/"), "task,size,model,time_penalty,train_steps"),
     "act_logic": (("act/logic_",), "task,model,time_penalty"),
     "paper_cpu_skip_rnn_adding": (("paper_cpu/skip_rnn/adding_",), "task,model,budget,lr,lr_final,graph"),
-    "paper_cpu_skip_rnn_frequency": (("paper_cpu/skip_rnn/frequency_",), "task,duration_ms,model,budget,lr,lr_final,graph"),
+    "paper_cpu_skip_rnn_frequency": (
+        ("paper_cpu/skip_rnn/frequency_",),
+        "task,duration_ms,model,budget,lr,lr_final,graph",
+    ),
     "paper_cpu_act_parity": (("paper_cpu/act/",), "task,layout,model,time_penalty,lr,train_steps"),
     "paper_cpu_sa_rnn_adding_t500": (("paper_cpu/sa_rnn/",), "task,model,budget,lr,detach_gate_state"),
     "paper_cpu_vc_rnn_char_lm": (("paper_cpu/vc_rnn/",), "task,model,target,penalty"),
