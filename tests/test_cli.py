@@ -64,6 +64,8 @@ def test_eval_prints_a_summary_and_json(run_dir, capsys):
     assert first.startswith("test mse ")
     reported = json.loads(rest)
     assert reported["value"] == pytest.approx(json.loads((run_dir / "result.json").read_text())["value"], rel=1e-6)
+    assert main(["eval", "--run", str(run_dir), "--device", "cpu", "--checkpoint", "last"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["checkpoint"].endswith("last")
 
 
 def test_resume_extends_a_finished_run(run_dir, tmp_path, capsys):

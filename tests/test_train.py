@@ -64,6 +64,12 @@ def test_short_run_lowers_the_loss(tmp_path):
     # the run can be evaluated again from its best checkpoint, with the same number
     again = evaluate(tmp_path / "run", device="cpu")
     assert again["value"] == pytest.approx(result["value"], rel=1e-6)
+    # and from its final weights, which gave the last validation line
+    last = evaluate(tmp_path / "run", split="val", device="cpu", checkpoint="last")
+    assert Path(last["checkpoint"]).name == "last"
+    assert last["value"] == pytest.approx(lines[-1]["val_metric"], rel=1e-5)
+    with pytest.raises(ValueError, match="checkpoint must be best or last"):
+        evaluate(tmp_path / "run", checkpoint="final")
 
 
 @pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush subnormals")

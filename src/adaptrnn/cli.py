@@ -83,12 +83,17 @@ def build_parser(command: str | None = None) -> Parser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--out", required=True, help="run directory")
 
-    evaluate = sub.add_parser("eval", help="recompute a run's metric from its best checkpoint")
+    evaluate = sub.add_parser("eval", help="recompute a run's metric from its best (or last) checkpoint")
     evaluate.add_argument("--run", required=True, help="run directory")
     evaluate.add_argument(
         "--split", default="test", choices=("val", "test"), help="the data to evaluate on: val or test (default)"
     )
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    evaluate.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        help="best: the best validation's weights; last: the final ones (default: best, else last)",
+    )
 
     for name, help_text in DELEGATED.items():
         delegated = sub.add_parser(name, help=help_text)
@@ -205,7 +210,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluation import summary_line
     from .runs import evaluate
 
-    result = evaluate(args.run, split=args.split, device=args.device)
+    result = evaluate(args.run, split=args.split, device=args.device, checkpoint=args.checkpoint)
     print(summary_line(result))
     print(json.dumps(result, indent=2))
     return 0

@@ -59,11 +59,16 @@ def configure_cpu(config: TrainConfig) -> None:
     torch.set_flush_denormal(config.flush_denormal)
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> tuple[SequenceModel, Task, TrainConfig, torch.device, Path]:
-    """A run's model with its best weights (``last`` if no best), in eval mode.
+def load_run(
+    run_dir: str | Path, device: str = "auto", checkpoint: str | None = None
+) -> tuple[SequenceModel, Task, TrainConfig, torch.device, Path]:
+    """A run's model in eval mode, with the weights of ``checkpoint`` (``best`` or ``last``;
+    None: best, else last).
 
     Returns the model, its task, the run's config, the device and the checkpoint folder used.
     """
+    if checkpoint not in (None, "best", "last"):
+        raise ConfigError(f"checkpoint must be best or last, got {checkpoint!r}")
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
@@ -72,22 +77,24 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[SequenceModel, 
     task = build_task(config)
     dev = resolve_device(config.device)
     model = build_config_model(config, task).to(dev)
-    checkpoint = next(
-        (run_dir / CHECKPOINTS / n for n in ("best", "last") if (run_dir / CHECKPOINTS / n).is_dir()), None
-    )
-    if checkpoint is None:
-        raise ConfigError(f"{run_dir} has no checkpoint")
-    load_weights(checkpoint / "model.safetensors", model)
-    return model.eval(), task, config, dev, checkpoint
+    names = ("best", "last") if checkpoint is None else (checkpoint,)
+    folder = next((run_dir / CHECKPOINTS / n for n in names if (run_dir / CHECKPOINTS / n).is_dir()), None)
+    if folder is None:
+        raise ConfigError(f"{run_dir} has no {checkpoint or ''} checkpoint".replace("  ", " "))
+    load_weights(folder / "model.safetensors", model)
+    return model.eval(), task, config, dev, folder
 
 
-def evaluate(run_dir: str | Path, split: str = "test", device: str = "auto") -> dict[str, Any]:
-    """Reload a run's config and best weights (``last`` if no best) and recompute its metric.
+def evaluate(
+    run_dir: str | Path, split: str = "test", device: str = "auto", checkpoint: str | None = None
+) -> dict[str, Any]:
+    """Reload a run's config and the weights of ``checkpoint`` (``best`` or ``last``; None: best,
+    else last) and recompute its metric.
 
     Returns task, model, metric, split, value, updates_fraction, updates_per_sequence,
     flops_per_sequence, dense_flops_per_sequence, solved, checkpoint.
     """
-    model, task, config, dev, checkpoint = load_run(run_dir, device)
+    model, task, config, dev, folder = load_run(run_dir, device, checkpoint)
     metrics = evaluate_split(model, task, split, config.eval_batch_size, dev)
     return {
         "task": config.task,
@@ -96,5 +103,5 @@ def evaluate(run_dir: str | Path, split: str = "test", device: str = "auto") -> 
         "split": split,
         **{k: v for k, v in metrics.items() if k != "sequences"},
         "solved": solved(task, metrics["value"]),
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(folder),
     }
