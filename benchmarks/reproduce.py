@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,11 +38,11 @@ from campaign_plans import PAPER_CPU, STABILITY, Row  # noqa: E402
 
 from adaptrnn.report import aggregate, collect_runs, tested_checkpoint, to_csv, to_markdown  # noqa: E402
 from adaptrnn.runinfo import collapse_record  # noqa: E402
-from adaptrnn.runs import CHECKPOINTS  # noqa: E402
+from adaptrnn.runs import CHECKPOINTS, evaluate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-LIGHT_FILES = ("config.yaml", "metrics.jsonl", "result.json", "samples.npz")
+LIGHT_FILES = ("config.yaml", "metrics.jsonl", "result.json", "result_last.json", "samples.npz")
 
 
 def rows(group: str, names: list[str], **kw) -> list[Row]:
@@ -172,7 +173,8 @@ TABLES: dict[str, tuple[tuple[str, ...], str]] = {
 RUN_COLUMNS = (
     "run_dir task model seed train_steps metric value solved updates_fraction updates_per_sequence "
     "flops_per_sequence dense_flops_per_sequence inference_ms_per_sequence wall_s diverged "
-    "penalty lr lr_final batch_size checkpoint collapsed final_val_value graph gate_init detach_gate_state layout"
+    "penalty lr lr_final batch_size checkpoint collapsed final_val_value last_value last_updates_fraction "
+    "graph gate_init detach_gate_state layout"
 ).split()
 PENALTIES = ("budget", "time_penalty", "penalty")  # Skip/SA λ, ACT τ, VC penalty weight
 # Options added after some committed runs were made: a config.yaml without the key ran with the
@@ -194,6 +196,10 @@ def run_columns(run: dict) -> dict:
         "batch_size": config.get("batch_size"),
         "checkpoint": tested_checkpoint(run),
     }
+    last = Path(run["run_dir"]) / "result_last.json"
+    if last.is_file():
+        last_result = json.loads(last.read_text())
+        extra.update(last_value=last_result["value"], last_updates_fraction=last_result["updates_fraction"])
     if run.get("collapsed") is None:  # a result from before the flag: the same rule on its metrics.jsonl
         task = TASKS.get(run["task"])
         if task is not None:
@@ -236,6 +242,21 @@ def run_state(out: Path) -> str:
     return "fresh"
 
 
+def write_last_result(out: Path) -> None:
+    """``result_last.json``: a finished run's final weights tested like its best ones (result.json).
+
+    The best checkpoint is the lowest validation error, which for a skipping model is not the
+    operating point it trained towards (more updates, lower error); the final weights are.
+    """
+    if (out / "result_last.json").is_file() or not (out / CHECKPOINTS / "last").is_dir():
+        return
+    result = evaluate(out, split="test", device="cpu", checkpoint="last")
+    result["checkpoint_step"] = json.loads((out / "result.json").read_text())["train_steps"]
+    tmp = out / "result_last.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out / "result_last.json")
+
+
 def config_path(row: Row) -> Path:
     return Path(row.config) if row.config.endswith(".yaml") else ROOT / "configs" / f"{row.config}.yaml"
 
@@ -253,13 +274,16 @@ def train_command(row: Row, seed: int, out: Path, state: str) -> list[str]:
     return cmd
 
 
-def run_row(row: Row, seed: int, runs_dir: Path, dry: bool, folder: str = "", results: Path = RESULTS) -> Path:
-    """Train one (row, seed) unless its result exists, resuming a partial run; copy its light files."""
+def run_row(
+    row: Row, seed: int, runs_dir: Path, dry: bool, folder: str = "", results: Path = RESULTS, collect: bool = False
+) -> Path:
+    """Train one (row, seed) unless its result exists, resuming a partial run; test its last
+    checkpoint too; copy its light files. ``collect``: train nothing, only finish done runs."""
     out = runs_dir / folder / row.folder / f"s{seed}"
     state = run_state(out)
     cmd = train_command(row, seed, out, state)
     print(f"[{state}] " + " ".join(cmd[1:]), flush=True)
-    if dry:
+    if dry or (collect and state != "done"):
         return out
     if state != "done":
         if state == "fresh" and (out / CHECKPOINTS).exists():
@@ -268,6 +292,7 @@ def run_row(row: Row, seed: int, runs_dir: Path, dry: bool, folder: str = "", re
         if not (out / "result.json").is_file():
             print(f"FAILED (exit {code}): {out}", flush=True)
             return out  # a diverged run (exit 1) still has a result: its best checkpoint's
+    write_last_result(out)
     dest = results / "runs" / folder / row.folder / f"s{seed}"
     dest.mkdir(parents=True, exist_ok=True)
     for name in LIGHT_FILES:
@@ -277,12 +302,18 @@ def run_row(row: Row, seed: int, runs_dir: Path, dry: bool, folder: str = "", re
 
 
 def run_plan(
-    plan: list[Row], runs_dir: Path, folder: str = "", jobs: int = 1, dry: bool = False, results: Path = RESULTS
+    plan: list[Row],
+    runs_dir: Path,
+    folder: str = "",
+    jobs: int = 1,
+    dry: bool = False,
+    results: Path = RESULTS,
+    collect: bool = False,
 ) -> None:
     """Every (row, seed) of ``plan``, ``jobs`` at a time; finished runs are skipped."""
     work = [(row, seed) for row in plan for seed in row.seeds]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in [pool.submit(run_row, row, seed, runs_dir, dry, folder, results) for row, seed in work]:
+        for future in [pool.submit(run_row, row, seed, runs_dir, dry, folder, results, collect) for row, seed in work]:
             future.result()
 
 
@@ -312,6 +343,11 @@ def main() -> int:
     parser.add_argument("--status", action="store_true", help="print each run's state (done/resume/fresh) and stop")
     parser.add_argument("--tables-only", action="store_true", help="only rebuild benchmarks/results/tables")
     parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: test the finished runs' last checkpoints, copy their light files, rebuild the tables",
+    )
+    parser.add_argument(
         "--smoke",
         type=int,
         metavar="STEPS",
@@ -331,7 +367,7 @@ def main() -> int:
         print_status(plan, Path(args.runs_dir), folder)
         return 0
     if not args.tables_only:
-        run_plan(plan, Path(args.runs_dir), folder, args.jobs, args.dry_run)
+        run_plan(plan, Path(args.runs_dir), folder, args.jobs, args.dry_run, collect=args.collect)
     if not args.dry_run:
         write_tables()
     return 0

@@ -85,6 +85,12 @@ def test_resumable_campaign_skips_resumes_and_restarts(tmp_path, monkeypatch):
         copied = results / "runs" / "p" / out.parent.name / out.name
         assert json.loads((copied / "result.json").read_text())["train_steps"] == 4
     assert json.loads((b / "result.json").read_text())["config"]["method_options"]["graph"] == "paper"
+    # the final weights are tested too; with validation at the last step, the best may be the last
+    last = json.loads((results / "runs/p/tiny_a/s0/result_last.json").read_text())
+    assert Path(last["checkpoint"]).name == "last" and last["checkpoint_step"] == 4
+    best_step = json.loads((a / "result.json").read_text())["checkpoint_step"]
+    if best_step == 4:
+        assert last["value"] == pytest.approx(json.loads((a / "result.json").read_text())["value"], rel=1e-6)
 
     # a finished plan launches nothing
     calls = []
@@ -117,7 +123,8 @@ def test_tables_gain_penalty_lr_checkpoint_and_collapse_columns(tmp_path):
     reproduce.write_tables(results)
     lines = (results / "all_runs.csv").read_text().splitlines()
     header, row = lines[0].split(","), dict(zip(lines[0].split(","), lines[1].split(","), strict=True))
-    for column in ("penalty", "lr", "checkpoint", "collapsed", "graph"):
+    for column in ("penalty", "lr", "checkpoint", "collapsed", "graph", "last_value", "last_updates_fraction"):
         assert column in header
+    assert 0 <= float(row["last_updates_fraction"]) <= 1 and float(row["last_value"]) >= 0
     assert row["lr"] == "0.01" and row["penalty"] == "0.0" and row["graph"] == "official"
     assert row["checkpoint"].startswith("best@") and row["collapsed"] in ("True", "False")
