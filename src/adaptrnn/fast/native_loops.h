@@ -338,15 +338,17 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
                 REAL *mask, REAL *lik) {
     const int D = net->hidden, g = gates(net->cell), in = layer == 0 ? net->input_size : D;
     const int cp = sa_padded(in), dp = sa_padded(D), lstm = net->cell == CELL_LSTM;
-    /* x_t and h copied into zero-padded buffers (the products read cp and dp entries) */
-    REAL *buf = calloc((size_t)cp + dp + 2 * (size_t)D, sizeof(REAL));
+    /* x_t and h copied into zero-padded buffers (the products read cp and dp entries); hk and
+     * ck (the chunks' new h and c) start on a cache line, so no two threads write one line */
+    const size_t line = 64 / sizeof(REAL), dk = ((size_t)D + line - 1) / line * line;
+    REAL *buf = calloc((size_t)cp + dp + 2 * dk + line, sizeof(REAL));
     int *active = malloc(sizeof(int) * (size_t)D);
     if (!buf || !active) {
         free(buf);
         free(active);
         return -1;
     }
-    REAL *xp = buf, *hp = xp + cp, *hk = hp + dp, *ck = hk + D;
+    REAL *xp = buf, *hp = xp + cp, *hk = (REAL *)(((uintptr_t)(hp + dp) + 63) & ~(uintptr_t)63), *ck = hk + dk;
     REAL *h = state, *c = state + D;
     const REAL a = (REAL)slope, thr = (REAL)threshold;
     Tuner local, *tu = tuner_of(net, &local);
@@ -374,11 +376,11 @@ int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
             const int j0 = chunk * SA_CHUNK, j1 = j0 + SA_CHUNK < n ? j0 + SA_CHUNK : n;
             SUF(sa_chunk)(net, rows, bias, cp, dp, xp, hp, c, active, j0, j1, hk, ck);
         }
-        region_done(tu, net->threads, work, start);
         for (int j = 0; j < n; ++j) {
             h[active[j]] = hk[j];
             if (lstm) c[active[j]] = ck[j];
         }
+        region_done(tu, net->threads, work, start); /* timed with the reads of the threads' results */
         memcpy(out + (size_t)t * D, h, sizeof(REAL) * D);
     }
     free(buf);

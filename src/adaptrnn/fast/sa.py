@@ -48,12 +48,14 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             steps = seq_len if valid is None else int(valid[:, 0].sum())
             out, masks, likelihoods = native.sa_layer(module, layer, layer_in[:, 0], steps, gate_x[:, 0], s[0])
             out[steps:] = s[0, 0]  # padded steps keep the state
-            out, masks, likelihoods = out.unsqueeze(1), masks.unsqueeze(1), likelihoods.unsqueeze(1)
+            # zero after `steps` already: the padding weights would change nothing
+            mask, likelihoods = masks.unsqueeze(1), likelihoods.unsqueeze(1)
+            out = out.unsqueeze(1)
         else:
             s, out, masks, likelihoods = _steps(module, layer, layer_in, gate_x, rows, full, s, valid)
-        mask = masks * weight.unsqueeze(-1)  # (T, B, D)
+            mask, likelihoods = masks * weight.unsqueeze(-1), likelihoods * weight  # (T, B, D), (T, B)
         active_count = mask.sum(-1)  # (T, B)
-        likelihood_sum = likelihood_sum + (likelihoods * weight).sum(0)
+        likelihood_sum = likelihood_sum + likelihoods.sum(0)
         gate_macs = size * (1 + in_size)
         flops = flops + (gates * active_count * (in_size + size) + weight * gate_macs).sum(0)
         fractions.append(active_count / size)
