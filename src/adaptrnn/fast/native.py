@@ -162,6 +162,7 @@ class NativeNet:
             ctypes.addressof(self.tuner),
         )
         self.scratch_size = 2 * max(w.hh.shape[1] for w in layers)  # floats of the C step's work space
+        self.sa_packed: list[tuple[Tensor, Tensor]] | None = None  # SA-RNN's rows, built at first use
 
     def scratch(self) -> Tensor:
         """A fresh work space per call: C releases the GIL, so threads must not share one."""
@@ -233,7 +234,8 @@ def vc_layer(module, layer: int, x: Tensor, steps: int, x_score: Tensor, s: Tens
 
 
 def sa_packed(module) -> list[tuple[Tensor, Tensor]]:
-    """Every layer's cell weights packed for ``sa_run`` (native_loops.h), cached until they change.
+    """Every layer's cell weights packed for ``sa_run`` (native_loops.h); kept with the module's
+    ``NativeNet`` (so rebuilt with it when a parameter changes).
 
     Per layer (rows, bias): rows (D, G*(cp + dp)), neuron i's G rows of W_ih each zero-padded
     to cp = C rounded up to native.c's SA_PAD, then its G rows of W_hh padded to dp, so that an
@@ -258,7 +260,10 @@ def sa_packed(module) -> list[tuple[Tensor, Tensor]]:
             packed.append((torch.cat(blocks, 1).contiguous(), bias))
         return packed
 
-    return weights.cached(module, "native_sa_packed", build)
+    net = native_net(module)
+    if net.sa_packed is None:
+        net.sa_packed = build()
+    return net.sa_packed
 
 
 def sa_layer(module, layer: int, x: Tensor, steps: int, gate_x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -268,7 +273,7 @@ def sa_layer(module, layer: int, x: Tensor, steps: int, gate_x: Tensor, s: Tenso
     first ``steps`` steps; returns out (T, D), the mask u (T, D) and Σ_i ũ (T), zero after ``steps``.
     """
     net = native_net(module)
-    rows, bias = sa_packed(module)[layer]
+    rows, bias = (net.sa_packed or sa_packed(module))[layer]
     seq_len, size = x.shape[0], module.hidden_size
     out, mask, likelihood = x.new_empty(seq_len, size), x.new_empty(seq_len, size), x.new_empty(seq_len)
     out[steps:], mask[steps:], likelihood[steps:] = 0, 0, 0  # C writes the first `steps` rows

@@ -312,14 +312,16 @@ static void SUF(sa_chunk)(const Net *net, const REAL *rows, const REAL *bias, in
                           const REAL *hp, const REAL *c, const int *active, int j0, int j1, REAL *hk, REAL *ck) {
     const int g = gates(net->cell), lstm = net->cell == CELL_LSTM;
     const size_t block = (size_t)g * (cp + dp);
-    REAL gx[4 * SA_CHUNK] = {0}, gh[4 * SA_CHUNK] = {0}, hc[SA_CHUNK] = {0}, cc[SA_CHUNK] = {0}, r[8];
+    REAL gx[4 * SA_CHUNK] = {0}, gh[4 * SA_CHUNK] = {0}, hc[SA_CHUNK] = {0}, cc[SA_CHUNK] = {0};
+    REAL r[SA_CHUNK][8]; /* neuron-major sums, transposed below (a strided store per sum would scatter) */
     for (int j = j0; j < j1; ++j) {
         const int i = active[j], k = j - j0;
-        SUF(sa_neuron_g)(g, rows + i * block, cp, dp, xp, hp, bias + (size_t)8 * i, r);
-        for (int q = 0; q < g; ++q) gx[q * SA_CHUNK + k] = r[q], gh[q * SA_CHUNK + k] = r[4 + q];
+        SUF(sa_neuron_g)(g, rows + i * block, cp, dp, xp, hp, bias + (size_t)8 * i, r[k]);
         hc[k] = hp[i];
         cc[k] = lstm ? c[i] : 0;
     }
+    for (int q = 0; q < g; ++q)
+        for (int k = 0; k < j1 - j0; ++k) gx[q * SA_CHUNK + k] = r[k][q], gh[q * SA_CHUNK + k] = r[k][4 + q];
     SUF(pointwise)(net->cell, gx, gh, SA_CHUNK, hc, cc);
     memcpy(hk + j0, hc, sizeof(REAL) * (size_t)(j1 - j0));
     if (lstm) memcpy(ck + j0, cc, sizeof(REAL) * (size_t)(j1 - j0));

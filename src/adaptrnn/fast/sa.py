@@ -38,7 +38,11 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     finals, fractions = [], []
     flops, likelihood_sum = x.new_zeros(batch), x.new_zeros(batch)
     layer_in = x  # (T, B, I)
-    for layer, (rows, full) in enumerate(zip(neuron_major(module, transpose=False), transposed(module), strict=True)):
+    if use_native:  # the C loop reads its own packed weights (native.sa_packed)
+        rearranged = [(None, None)] * module.num_layers
+    else:
+        rearranged = list(zip(neuron_major(module, transpose=False), transposed(module), strict=True))
+    for layer, (rows, full) in enumerate(rearranged):
         in_size = layer_in.shape[-1]
         _, w_i, b_u = module.gate_weights(layer)
         gate_x = torch.nn.functional.linear(layer_in, w_i, b_u)  # (T, B, D) W_i x_t + b for all steps
