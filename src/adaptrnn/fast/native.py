@@ -276,7 +276,8 @@ def sa_layer(module, layer: int, x: Tensor, steps: int, gate_x: Tensor, s: Tenso
     rows, bias = (net.sa_packed or sa_packed(module))[layer]
     seq_len, size = x.shape[0], module.hidden_size
     out, mask, likelihood = x.new_empty(seq_len, size), x.new_empty(seq_len, size), x.new_empty(seq_len)
-    out[steps:], mask[steps:], likelihood[steps:] = 0, 0, 0  # C writes the first `steps` rows
+    if steps < seq_len:  # C writes the first `steps` rows
+        out[steps:], mask[steps:], likelihood[steps:] = 0, 0, 0
     diag = getattr(module, f"update_weight_hh_l{layer}").detach().contiguous()
     slope, threshold = float(module.slope), float(module.options["threshold"])
     x, gate_x = x.contiguous(), gate_x.contiguous()

@@ -51,7 +51,8 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             s = s.contiguous()
             steps = seq_len if valid is None else int(valid[:, 0].sum())
             out, masks, likelihoods = native.sa_layer(module, layer, layer_in[:, 0], steps, gate_x[:, 0], s[0])
-            out[steps:] = s[0, 0]  # padded steps keep the state
+            if steps < seq_len:
+                out[steps:] = s[0, 0]  # padded steps keep the state
             # zero after `steps` already: the padding weights would change nothing
             mask, likelihoods = masks.unsqueeze(1), likelihoods.unsqueeze(1)
             out = out.unsqueeze(1)
