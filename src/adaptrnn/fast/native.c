@@ -6,10 +6,10 @@
  * element-wise cell, so work left out (skipped steps, d_t blocks, idle neurons, ponder
  * steps not taken) is time saved in proportion.
  *
- * The loops are written once in native_loops.h and included twice: with REAL = float
- * (suffix _f32; exp is a Cephes-style polynomial, relative error ~2e-7, so the element-wise
- * loops vectorise without -ffast-math) and REAL = double (suffix _f64; libm's exp), the
- * latter so that tests can compare with the reference to float64 precision.
+ * The loops are written once in native_loops.h (SA-RNN's in native_sa.h) and included twice:
+ * with REAL = float (suffix _f32; exp is a Cephes-style polynomial, relative error ~2e-7, so the
+ * element-wise loops vectorise without -ffast-math) and REAL = double (suffix _f64; libm's exp),
+ * the latter so that tests can compare with the reference to float64 precision.
  */
 #include <math.h>
 #include <stdint.h>
@@ -153,6 +153,7 @@ static inline int sa_padded(int n) { return (n + SA_PAD - 1) / SA_PAD * SA_PAD; 
 #define MASK MASK32
 typedef int32_t MASK32 __attribute__((vector_size(32)));
 #include "native_loops.h"
+#include "native_sa.h"
 #undef REAL
 #undef SUF
 #undef EXP
@@ -168,3 +169,4 @@ typedef int32_t MASK32 __attribute__((vector_size(32)));
 #define MASK MASK64
 typedef int64_t MASK64 __attribute__((vector_size(32)));
 #include "native_loops.h"
+#include "native_sa.h"

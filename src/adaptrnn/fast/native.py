@@ -234,7 +234,7 @@ def vc_layer(module, layer: int, x: Tensor, steps: int, x_score: Tensor, s: Tens
 
 
 def sa_packed(module) -> list[tuple[Tensor, Tensor]]:
-    """Every layer's cell weights packed for ``sa_run`` (native_loops.h); kept with the module's
+    """Every layer's cell weights packed for ``sa_run`` (native_sa.h); kept with the module's
     ``NativeNet`` (so rebuilt with it when a parameter changes).
 
     Per layer (rows, bias): rows (D, G*(cp + dp)), neuron i's G rows of W_ih each zero-padded
@@ -267,7 +267,7 @@ def sa_packed(module) -> list[tuple[Tensor, Tensor]]:
 
 
 def sa_layer(module, layer: int, x: Tensor, steps: int, gate_x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """SA-RNN's loop over one layer for one sequence (see ``sa_run`` in native_loops.h).
+    """SA-RNN's loop over one layer for one sequence (see ``sa_run`` in native_sa.h).
 
     x: (T, C); gate_x: (T, D) = W_i x_t + b; s: (K, D) contiguous, updated in place. Runs the
     first ``steps`` steps; returns out (T, D), the mask u (T, D) and Σ_i ũ (T), zero after ``steps``.
