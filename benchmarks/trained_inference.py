@@ -177,12 +177,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["run"], r["model"], r["batch"], r["threads"]), {})[r["path"]] = r
-    print(f"{'run':28} {'model':10} {'batch':>5} {'thr':>3}  {'fast':>17} {'reference':>17} {'torch.nn':>9}  counted")
+    print(f"{'run':28} {'model':16} {'batch':>5} {'thr':>3}  {'fast':>17} {'reference':>17} {'torch.nn':>9}  counted")
     for (run, model, batch, thr), paths in groups.items():
         fast, ref, base = paths["fast"], paths["reference"], paths["torch.nn"]
         cells = [f"{p['ratio_to_torch_nn']:6.2f}x {p['ms_per_seq']:7.3f}ms" for p in (fast, ref)]
         counted = f"updates {fast['updates_fraction']:.3f}, FLOPs {fast['flops_fraction']:.3f}"
-        line = f"{run[:28]:28} {model:10} {batch:>5} {thr:>3}  {cells[0]:>17} {cells[1]:>17}"
+        line = f"{run[:28]:28} {model:16} {batch:>5} {thr:>3}  {cells[0]:>17} {cells[1]:>17}"
         print(f"{line} {base['ms_per_seq']:7.3f}ms  {counted}")
 
 
