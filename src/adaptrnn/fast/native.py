@@ -15,7 +15,8 @@ Threads: built with OpenMP (setup.py detects it), a loop splits each step's prod
 the serial loop), when a step has enough multiply-adds to pay for a fork/join (PARALLEL_MIN
 in native.c) and the net's timing says threads are faster (the Tuner in native.c: a loaded
 machine keeps the loops serial). The split is by whole output columns (Skip, ACT), whole gate blocks (VCRNN) or
-whole neurons (SA-RNN), so every sum runs in the same order: results do not depend on it.
+whole chunks of 16 active neurons (SA-RNN, products and element-wise cell), so every sum runs
+in the same order: results do not depend on it.
 
 Used for float32 and float64 CPU modules at batch 1; float64 equals the reference to float64
 rounding, float32 to float32 rounding (sums run in another order; exp is a polynomial with
