@@ -50,7 +50,7 @@ setup(
         Extension(
             NATIVE,
             sources=["src/adaptrnn/fast/native.c"],
-            depends=["src/adaptrnn/fast/native_loops.h"],
+            depends=["src/adaptrnn/fast/native_loops.h", "src/adaptrnn/fast/native_sa.h"],
             libraries=["m"] if os.name == "posix" else [],
             optional=True,
         )

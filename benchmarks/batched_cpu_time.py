@@ -7,8 +7,9 @@ process only, so another job's load changes it far less (cache and memory conten
 Each row alternates ``nn.LSTM`` and the method 15 times and prints the ratio of the minima
 and of the medians.
 
-Run: ``python benchmarks/batched_cpu_time.py [methods] [fractions]``, e.g.
-``python benchmarks/batched_cpu_time.py skip,vc,sa,act 1,0.5,0.2,0.1`` (shape (256, 50, 2, 110)).
+Run: ``python benchmarks/batched_cpu_time.py [methods] [fractions] [B,T,I,H]``, e.g.
+``python benchmarks/batched_cpu_time.py skip,vc,sa,act 1,0.5,0.2,0.1`` (shape (256, 50, 2, 110) by
+default; ``... sa 1,0.5,0.2,0.1 1,1000,40,256`` times the batch-1 C loops the same way).
 """
 
 import sys
@@ -20,7 +21,7 @@ import adaptrnn as ar
 from adaptrnn import bench
 
 torch.set_num_threads(1)
-B, T, I, H = 256, 50, 2, 110
+B, T, I, H = (int(v) for v in sys.argv[3].split(",")) if len(sys.argv) > 3 else (256, 50, 2, 110)
 REPEATS = 15
 x = torch.randn(T, B, I)
 lstm = torch.nn.LSTM(I, H).eval()

@@ -104,6 +104,53 @@ def test_sa_native_with_no_neuron_and_every_neuron_active():
             assert_same(m(x), twin(x), torch.float64)
 
 
+@needs_native
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_sa_packed_rows_are_the_neurons_gate_rows(cell, bias):
+    """sa_run's layout: neuron i's block holds W_ih[q*D + i] for q < G, each zero-padded to
+    cp = I rounded up to SA_PAD, then the W_hh rows padded to dp; biases at 0..G-1 and 4..4+G-1."""
+    from adaptrnn.cells import GATES
+
+    m = ar.METHODS["sa"](cell, 3, 21, num_layers=2, bias=bias).double()
+    pad, g = native.library().native_sa_pad(), GATES[cell]
+    for layer, (rows, packed_bias) in enumerate(native.sa_packed(m)):
+        w_ih, w_hh, b_ih, b_hh = (None if w is None else w.detach() for w in m.layer_weights(layer))
+        cp, dp = -(-w_ih.shape[1] // pad) * pad, -(-21 // pad) * pad
+        assert rows.shape == (21, g * (cp + dp)) and rows.is_contiguous()
+        for i in (0, 7, 20):
+            block = rows[i]
+            for q in range(g):
+                ih, hh = block[q * cp : (q + 1) * cp], block[g * cp + q * dp : g * cp + (q + 1) * dp]
+                assert torch.equal(ih[: w_ih.shape[1]], w_ih[q * 21 + i]) and not ih[w_ih.shape[1] :].any()
+                assert torch.equal(hh[:21], w_hh[q * 21 + i]) and not hh[21:].any()
+                assert float(packed_bias[i, q]) == (float(b_ih[q * 21 + i]) if bias else 0.0)
+                assert float(packed_bias[i, 4 + q]) == (float(b_hh[q * 21 + i]) if bias else 0.0)
+            assert not packed_bias[i, g:4].any() and not packed_bias[i, 4 + g :].any()
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_sa_native_at_sizes_off_the_vector_width(cell, dtype, monkeypatch):
+    """Sizes that need the packed rows' zero padding (I = 3, D = 21 and layer 1's input 21, none
+    a multiple of the vector lanes) and a last chunk of active neurons that ends part-way."""
+    calls = []
+    original = native.sa_layer
+    monkeypatch.setattr(native, "sa_layer", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(9)
+    m = ar.METHODS["sa"](cell, 3, 21, num_layers=2).to(dtype).eval()
+    vary_gates(m)
+    x = torch.randn(T, 1, 3, dtype=dtype)
+    twin = copy.deepcopy(m)
+    twin.options["impl"] = "reference"
+    with torch.no_grad():
+        got, want = m(x), twin(x)
+    assert len(calls) == 2  # both layers in C
+    assert_same(got, want, dtype)
+    assert 0.05 < float(want[2].updates.mean()) < 0.9
+
+
 def test_native_is_not_used_for_other_dtypes_or_batches():
     m = lively("vc", "gru", 1, torch.float64)
     assert not native.applies(m, torch.zeros(1, 2, 1, D, dtype=torch.float64))  # batch 2

@@ -1,8 +1,8 @@
 """The native batch-1 loops split over threads (OpenMP, torch's thread count) give the one-thread results.
 
 The C loops split each step's products by whole output blocks (Skip RNN, ACT), whole gate
-products (VCRNN) or whole neurons (SA-RNN), so no sum changes order: two threads must give
-bit-identical outputs, state and statistics to one thread, and the reference's to rounding.
+products (VCRNN) or whole chunks of 16 active neurons (SA-RNN), so no sum changes order: two
+threads must give bit-identical outputs, state and statistics to one thread, and the reference's to rounding.
 The sizes make the products large enough to be split (≥ PARALLEL_MIN = 32768 multiply-adds
 per step in native.c: here G·D·(I + D) = 4·200·206 ≈ 165 K for the LSTM, 41 K for the RNN),
 with G·D = 800 = 6 register blocks of 128 and a 32-column tail. Where the extension was

@@ -6,10 +6,10 @@
  * element-wise cell, so work left out (skipped steps, d_t blocks, idle neurons, ponder
  * steps not taken) is time saved in proportion.
  *
- * The loops are written once in native_loops.h and included twice: with REAL = float
- * (suffix _f32; exp is a Cephes-style polynomial, relative error ~2e-7, so the element-wise
- * loops vectorise without -ffast-math) and REAL = double (suffix _f64; libm's exp), the
- * latter so that tests can compare with the reference to float64 precision.
+ * The loops are written once in native_loops.h (SA-RNN's in native_sa.h) and included twice:
+ * with REAL = float (suffix _f32; exp is a Cephes-style polynomial, relative error ~2e-7, so the
+ * element-wise loops vectorise without -ffast-math) and REAL = double (suffix _f64; libm's exp),
+ * the latter so that tests can compare with the reference to float64 precision.
  */
 #include <math.h>
 #include <stdint.h>
@@ -26,8 +26,6 @@ typedef struct {
     const void *const *w_hh_t; /* per layer (D, G*D) */
     const void *const *b_ih;   /* per layer (G*D) or NULL */
     const void *const *b_hh;
-    const void *const *w_ih;   /* per layer (G*D, C_l): torch's layout, rows for SA-RNN's gathers */
-    const void *const *w_hh;   /* per layer (G*D, D) */
     const void *gate_w;        /* (D) Skip RNN's W_p, ACT's W_h, or NULL */
     double gate_b;             /* b_p / b_h */
     int32_t threads;           /* threads for one step's products (torch.get_num_threads(), set per call) */
@@ -131,18 +129,44 @@ static inline float exp_f32(float x) {
 
 static inline double exp_f64(double x) { return exp(x); }
 
+/* SA-RNN's packed rows are zero-padded to a multiple of SA_PAD entries (a multiple of the
+ * vector lanes of both precisions), so that its dot products need no remainder loop. */
+enum { SA_PAD = 8 };
+/* SA-RNN's active neurons are computed (and split over threads) in chunks of SA_CHUNK. */
+enum { SA_CHUNK = 16 };
+int native_sa_pad(void) { return SA_PAD; }
+static inline int sa_padded(int n) { return (n + SA_PAD - 1) / SA_PAD * SA_PAD; }
+
+/* __builtin_shufflevector (Clang, GCC >= 12) or GCC's older __builtin_shuffle with a mask
+ * vector of the same lanes (MASK, defined with REAL below). */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (MASK){__VA_ARGS__})
+#endif
+
 #define REAL float
 #define SUF(name) name##_f32
 #define EXP exp_f32
 #define ONE 1.0f
+#define LANES 8 /* REALs in a 32-byte vector */
+#define MASK MASK32
+typedef int32_t MASK32 __attribute__((vector_size(32)));
 #include "native_loops.h"
+#include "native_sa.h"
 #undef REAL
 #undef SUF
 #undef EXP
 #undef ONE
+#undef LANES
+#undef MASK
 
 #define REAL double
 #define SUF(name) name##_f64
 #define EXP exp_f64
 #define ONE 1.0
+#define LANES 4
+#define MASK MASK64
+typedef int64_t MASK64 __attribute__((vector_size(32)));
 #include "native_loops.h"
+#include "native_sa.h"

@@ -15,7 +15,8 @@ Threads: built with OpenMP (setup.py detects it), a loop splits each step's prod
 the serial loop), when a step has enough multiply-adds to pay for a fork/join (PARALLEL_MIN
 in native.c) and the net's timing says threads are faster (the Tuner in native.c: a loaded
 machine keeps the loops serial). The split is by whole output columns (Skip, ACT), whole gate blocks (VCRNN) or
-whole neurons (SA-RNN), so every sum runs in the same order: results do not depend on it.
+whole chunks of 16 active neurons (SA-RNN, products and element-wise cell), so every sum runs
+in the same order: results do not depend on it.
 
 Used for float32 and float64 CPU modules at batch 1; float64 equals the reference to float64
 rounding, float32 to float32 rounding (sums run in another order; exp is a polynomial with
@@ -32,7 +33,7 @@ import warnings
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import cells
 from ..cells import CELLS
@@ -47,7 +48,7 @@ SIGNATURES = {  # name: (argument types, return type); every REAL array is a voi
     "update_increment": ([_ptr, _ptr], _dbl),
     "skip_run": ([_ptr, _ptr, _i64, _i64, _dbl, _ptr, _ptr, _ptr, _ptr, _ptr], _i64),
     "vc_run": ([_ptr, _int, _ptr, _i64, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
-    "sa_run": ([_ptr, _int, _ptr, _i64, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
+    "sa_run": ([_ptr, _int, _ptr, _i64, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr], _int),
     "act_run": ([_ptr, _ptr, _i64, _ptr, _i64, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
     "pointwise_rows": ([_int, _ptr, _i64, _ptr, _i64, _i64, _int, _ptr, _ptr], None),
 }
@@ -65,8 +66,6 @@ class _Net(ctypes.Structure):
         ("w_hh_t", _pp),
         ("b_ih", _pp),
         ("b_hh", _pp),
-        ("w_ih", _pp),
-        ("w_hh", _pp),
         ("gate_w", _ptr),
         ("gate_b", _dbl),
         ("threads", ctypes.c_int32),
@@ -88,7 +87,7 @@ def library() -> ctypes.CDLL | None:
                 function = getattr(lib, name + suffix)
                 function.argtypes, function.restype = args, result
         if lib is not None:
-            for name in ("native_openmp", "native_tuner_size"):
+            for name in ("native_openmp", "native_tuner_size", "native_sa_pad"):
                 getattr(lib, name).argtypes, getattr(lib, name).restype = [], _int
     except OSError as err:
         lib, reason = None, f"it could not be loaded ({err})"
@@ -131,14 +130,11 @@ class NativeNet:
         self.lib = library()
         self.tensors: list[Tensor] = []
         arrays = {}
-        originals = [module.layer_weights(layer) for layer in range(module.num_layers)]
         columns = {
             "w_ih_t": [w.ih for w in layers],
             "w_hh_t": [w.hh for w in layers],
             "b_ih": [w.b_ih for w in layers],
             "b_hh": [w.b_hh for w in layers],
-            "w_ih": [w[0] for w in originals],
-            "w_hh": [w[1] for w in originals],
         }
         for name, parts in columns.items():
             if parts[0] is None:
@@ -167,6 +163,7 @@ class NativeNet:
             ctypes.addressof(self.tuner),
         )
         self.scratch_size = 2 * max(w.hh.shape[1] for w in layers)  # floats of the C step's work space
+        self.sa_packed: list[tuple[Tensor, Tensor]] | None = None  # SA-RNN's rows, built at first use
 
     def scratch(self) -> Tensor:
         """A fresh work space per call: C releases the GIL, so threads must not share one."""
@@ -237,19 +234,56 @@ def vc_layer(module, layer: int, x: Tensor, steps: int, x_score: Tensor, s: Tens
     return out, ms, ds
 
 
+def sa_packed(module) -> list[tuple[Tensor, Tensor]]:
+    """Every layer's cell weights packed for ``sa_run`` (native_sa.h); kept with the module's
+    ``NativeNet`` (so rebuilt with it when a parameter changes).
+
+    Per layer (rows, bias): rows (D, G*(cp + dp)), neuron i's G rows of W_ih each zero-padded
+    to cp = C rounded up to native.c's SA_PAD, then its G rows of W_hh padded to dp, so that an
+    active neuron's weights are one contiguous block; bias (D, 8): b_ih of its gates at 0..G-1,
+    b_hh at 4..4+G-1, zeros elsewhere (all zero without biases).
+    """
+
+    def build() -> list[tuple[Tensor, Tensor]]:
+        pad, gates, size = library().native_sa_pad(), cells.GATES[module.cell], module.hidden_size
+        packed = []
+        for layer in range(module.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (None if w is None else w.detach() for w in module.layer_weights(layer))
+            blocks = []
+            for w in (w_ih, w_hh):
+                columns = w.shape[1]
+                rows = w.view(gates, size, columns).transpose(0, 1)  # (D, G, C): neuron-major
+                blocks.append(nn.functional.pad(rows, (0, -columns % pad)).reshape(size, -1))
+            bias = w_ih.new_zeros(size, 8)
+            for offset, b in ((0, b_ih), (4, b_hh)):
+                if b is not None:
+                    bias[:, offset : offset + gates] = b.view(gates, size).t()
+            packed.append((torch.cat(blocks, 1).contiguous(), bias))
+        return packed
+
+    net = native_net(module)
+    if net.sa_packed is None:
+        net.sa_packed = build()
+    return net.sa_packed
+
+
 def sa_layer(module, layer: int, x: Tensor, steps: int, gate_x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """SA-RNN's loop over one layer for one sequence (see ``sa_run`` in native_loops.h).
+    """SA-RNN's loop over one layer for one sequence (see ``sa_run`` in native_sa.h).
 
     x: (T, C); gate_x: (T, D) = W_i x_t + b; s: (K, D) contiguous, updated in place. Runs the
     first ``steps`` steps; returns out (T, D), the mask u (T, D) and Σ_i ũ (T), zero after ``steps``.
     """
     net = native_net(module)
+    rows, bias = (net.sa_packed or sa_packed(module))[layer]
     seq_len, size = x.shape[0], module.hidden_size
-    out, mask, likelihood = x.new_zeros(seq_len, size), x.new_zeros(seq_len, size), x.new_zeros(seq_len)
+    out, mask, likelihood = x.new_empty(seq_len, size), x.new_empty(seq_len, size), x.new_empty(seq_len)
+    if steps < seq_len:  # C writes the first `steps` rows
+        out[steps:], mask[steps:], likelihood[steps:] = 0, 0, 0
     diag = getattr(module, f"update_weight_hh_l{layer}").detach().contiguous()
     slope, threshold = float(module.slope), float(module.options["threshold"])
     x, gate_x = x.contiguous(), gate_x.contiguous()
-    _check(net.call("sa_run", layer, x, steps, gate_x, diag, slope, threshold, s, out, mask, likelihood))
+    args = (layer, x, steps, gate_x, diag, slope, threshold, rows, bias, s, out, mask, likelihood)
+    _check(net.call("sa_run", *args))
     return out, mask, likelihood
 
 

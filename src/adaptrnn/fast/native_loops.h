@@ -89,40 +89,6 @@ static REAL SUF(dot)(const REAL *restrict a, const REAL *restrict b, int n) {
     return s;
 }
 
-/* out[q] = Σ_i w[q·stride + i] x[i] for q < rows (≤ 4): the G gate rows of one neuron at once,
- * sharing the loads of x, with two vector accumulators per row (8 independent sums for 4 rows)
- * and one tree reduction per row. Always inlined with a constant `rows` (see dots_g). */
-static inline __attribute__((always_inline)) void SUF(dots)(const REAL *restrict w, size_t stride, int rows,
-                                                           const REAL *restrict x, int n, REAL *restrict out) {
-    enum { L = 32 / sizeof(REAL) };
-    SUF(vec) acc[4][2] = {{{0}}}, xv, wv;
-    int i = 0;
-    for (; i + 2 * L <= n; i += 2 * L)
-        for (int half = 0; half < 2; ++half) {
-            memcpy(&xv, x + i + half * L, 32);
-            for (int q = 0; q < rows; ++q) {
-                memcpy(&wv, w + q * stride + i + half * L, 32);
-                acc[q][half] += wv * xv;
-            }
-        }
-    for (int q = 0; q < rows; ++q) {
-        SUF(vec) v = acc[q][0] + acc[q][1];
-        REAL t[L];
-        memcpy(t, &v, 32);
-        for (int width = L / 2; width > 0; width /= 2)
-            for (int k = 0; k < width; ++k) t[k] += t[k + width];
-        REAL sum = t[0];
-        for (int k = i; k < n; ++k) sum += w[q * stride + k] * x[k];
-        out[q] = sum;
-    }
-}
-
-static void SUF(dots_g)(const REAL *w, size_t stride, int rows, const REAL *x, int n, REAL *out) {
-    if (rows == 4) SUF(dots)(w, stride, 4, x, n, out);
-    else if (rows == 3) SUF(dots)(w, stride, 3, x, n, out);
-    else SUF(dots)(w, stride, 1, x, n, out);
-}
-
 /* The element-wise cell for n neurons: gate g of neuron k at gx[g*n + k] (gate-major);
  * h, c: the neurons' state (c only for the LSTM), updated in place. */
 static void SUF(pointwise)(int cell, const REAL *restrict gx, const REAL *restrict gh, int n, REAL *restrict h,
@@ -267,70 +233,6 @@ int SUF(vc_run)(const Net *net, int layer, const REAL *x, int64_t steps, const R
         ds[t] = d;
     }
     free(buf);
-    return 0;
-}
-
-/* SA-RNN over `steps` steps of one layer: x (T, C); gate_x (T, D) = W_i x_t + b; diag (D)
- * the diagonal of W_u; state (K, D) in place. ũ = hardσ(diag ⊙ h + gate_x) (clamp((αz+1)/2));
- * only the neurons with ũ > threshold are computed: their G rows of W_ih and W_hh (torch's
- * layout, rows contiguous) as dot products with x_t and the old h. Writes out (T, D), the
- * binary mask (T, D) and Σ_i ũ (T). Returns 0, or -1 if out of memory. */
-int SUF(sa_run)(const Net *net, int layer, const REAL *x, int64_t steps, const REAL *gate_x, const REAL *diag,
-                double slope, double threshold, REAL *state, REAL *out, REAL *mask, REAL *lik) {
-    const int D = net->hidden, g = gates(net->cell), in = layer == 0 ? net->input_size : D;
-    const REAL *w_ih = W(net->w_ih, layer), *w_hh = W(net->w_hh, layer);
-    const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
-    REAL *buf = malloc(sizeof(REAL) * (2 * (size_t)g * D + 2 * (size_t)D));
-    int *active = malloc(sizeof(int) * (size_t)D);
-    if (!buf || !active) {
-        free(buf);
-        free(active);
-        return -1;
-    }
-    REAL *gx = buf, *gh = buf + (size_t)g * D, *hk = gh + (size_t)g * D, *ck = hk + D;
-    REAL *h = state, *c = state + D;
-    const REAL a = (REAL)slope, thr = (REAL)threshold;
-    Tuner local, *tu = tuner_of(net, &local);
-    for (int64_t t = 0; t < steps; ++t) {
-        const REAL *xt = x + (size_t)t * in, *gxt = gate_x + (size_t)t * D;
-        REAL *mt = mask + (size_t)t * D, sum = 0;
-        int n = 0;
-        for (int i = 0; i < D; ++i) {
-            REAL l = (a * (diag[i] * h[i] + gxt[i]) + 1) / 2;
-            l = l < 0 ? 0 : l > 1 ? 1 : l;
-            sum += l;
-            mt[i] = l > thr ? 1 : 0;
-            if (l > thr) active[n++] = i;
-        }
-        lik[t] = sum;
-        const long work = (long)n * g * (in + D);
-        double start;
-        const int use = region_threads(tu, net->threads, work, &start);
-        (void)use; /* unused in a build without OpenMP */
-#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
-        for (int j = 0; j < n; ++j) { /* every product reads the old h: done before any update */
-            REAL px[4], ph[4];
-            const int i = active[j];
-            SUF(dots_g)(w_ih + (size_t)i * in, (size_t)D * in, g, xt, in, px); /* rows q·D + i, q < G */
-            SUF(dots_g)(w_hh + (size_t)i * D, (size_t)D * D, g, h, D, ph);
-            for (int q = 0; q < g; ++q) {
-                const size_t row = (size_t)q * D + i;
-                gx[q * n + j] = (b_ih ? b_ih[row] : 0) + px[q];
-                gh[q * n + j] = (b_hh ? b_hh[row] : 0) + ph[q];
-            }
-            hk[j] = h[active[j]];
-            ck[j] = parts(net->cell) == 2 ? c[active[j]] : 0;
-        }
-        region_done(tu, net->threads, work, start);
-        SUF(pointwise)(net->cell, gx, gh, n, hk, ck);
-        for (int j = 0; j < n; ++j) {
-            h[active[j]] = hk[j];
-            if (parts(net->cell) == 2) c[active[j]] = ck[j];
-        }
-        memcpy(out + (size_t)t * D, h, sizeof(REAL) * D);
-    }
-    free(buf);
-    free(active);
     return 0;
 }
 

@@ -38,7 +38,11 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     finals, fractions = [], []
     flops, likelihood_sum = x.new_zeros(batch), x.new_zeros(batch)
     layer_in = x  # (T, B, I)
-    for layer, (rows, full) in enumerate(zip(neuron_major(module, transpose=False), transposed(module), strict=True)):
+    if use_native:  # the C loop reads its own packed weights (native.sa_packed)
+        rearranged = [(None, None)] * module.num_layers
+    else:
+        rearranged = list(zip(neuron_major(module, transpose=False), transposed(module), strict=True))
+    for layer, (rows, full) in enumerate(rearranged):
         in_size = layer_in.shape[-1]
         _, w_i, b_u = module.gate_weights(layer)
         gate_x = torch.nn.functional.linear(layer_in, w_i, b_u)  # (T, B, D) W_i x_t + b for all steps
@@ -47,13 +51,16 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             s = s.contiguous()
             steps = seq_len if valid is None else int(valid[:, 0].sum())
             out, masks, likelihoods = native.sa_layer(module, layer, layer_in[:, 0], steps, gate_x[:, 0], s[0])
-            out[steps:] = s[0, 0]  # padded steps keep the state
-            out, masks, likelihoods = out.unsqueeze(1), masks.unsqueeze(1), likelihoods.unsqueeze(1)
+            if steps < seq_len:
+                out[steps:] = s[0, 0]  # padded steps keep the state
+            # zero after `steps` already: the padding weights would change nothing
+            mask, likelihoods = masks.unsqueeze(1), likelihoods.unsqueeze(1)
+            out = out.unsqueeze(1)
         else:
             s, out, masks, likelihoods = _steps(module, layer, layer_in, gate_x, rows, full, s, valid)
-        mask = masks * weight.unsqueeze(-1)  # (T, B, D)
+            mask, likelihoods = masks * weight.unsqueeze(-1), likelihoods * weight  # (T, B, D), (T, B)
         active_count = mask.sum(-1)  # (T, B)
-        likelihood_sum = likelihood_sum + (likelihoods * weight).sum(0)
+        likelihood_sum = likelihood_sum + likelihoods.sum(0)
         gate_macs = size * (1 + in_size)
         flops = flops + (gates * active_count * (in_size + size) + weight * gate_macs).sum(0)
         fractions.append(active_count / size)
