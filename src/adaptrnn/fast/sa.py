@@ -18,9 +18,9 @@ from torch import Tensor
 
 from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
-from ..methods.sa import hard_sigmoid
 from . import native
 from .aten_step import AtenStep
+from .speculate import StepThreads, Window, step_macs, window
 from .weights import gate_major, neuron_major, project, transposed
 
 # Gathering the active rows adds ~10 tensor operations per step (tens of microseconds from
@@ -41,7 +41,8 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     for layer, (rows, full) in enumerate(zip(neuron_major(module, transpose=False), transposed(module), strict=True)):
         in_size = layer_in.shape[-1]
         _, w_i, b_u = module.gate_weights(layer)
-        gate_x = torch.nn.functional.linear(layer_in, w_i, b_u)  # (T, B, D) W_i x_t + b for all steps
+        if use_native:
+            gate_x = torch.nn.functional.linear(layer_in, w_i, b_u)  # (T, B, D) W_i x_t + b for all steps
         s = state.cell[layer].clone()  # (B, K, D)
         if use_native:  # batch 1: the whole loop in C
             s = s.contiguous()
@@ -50,8 +51,8 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             out[steps:] = s[0, 0]  # padded steps keep the state
             out, masks, likelihoods = out.unsqueeze(1), masks.unsqueeze(1), likelihoods.unsqueeze(1)
         else:
-            s, out, masks, likelihoods = _steps(module, layer, layer_in, gate_x, rows, full, s, valid)
-        mask = masks * weight.unsqueeze(-1)  # (T, B, D)
+            s, out, masks, likelihoods = _steps(module, layer, layer_in, rows, full, s, valid)
+        mask = masks if valid is None else masks * weight.unsqueeze(-1)  # (T, B, D)
         active_count = mask.sum(-1)  # (T, B)
         likelihood_sum = likelihood_sum + (likelihoods * weight).sum(0)
         gate_macs = size * (1 + in_size)
@@ -65,45 +66,89 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     return layer_in, RecurrentState(torch.stack(finals)), Stats(updates, cost, flops, extras)
 
 
-def _steps(module, layer: int, layer_in: Tensor, gate_x: Tensor, rows, full, s: Tensor, valid) -> tuple:
-    """One layer's time loop in PyTorch. layer_in (T, B, C); gate_x (T, B, D); s (B, K, D).
+def _steps(module, layer: int, layer_in: Tensor, rows, full, s: Tensor, valid) -> tuple:
+    """One layer's time loop in PyTorch. layer_in (T, B, C); s (B, K, D).
 
     ``rows``: the layer's neuron-major weights, ``full``: transposed. Returns the final state
     (B, K, D), out (T, B, D), the mask u (T, B, D) and Σ_i ũ (T, B).
     """
     seq_len, batch, in_size = layer_in.shape
     gates, size = GATES[module.cell], module.hidden_size
-    slope, threshold = float(module.slope), float(module.options["threshold"])
-    diag = module.gate_weights(layer)[0]
+    threshold = float(module.options["threshold"])
+    # ũ_t = clamp(a ⊙ h_{t-1} + c_t, 0, 1), the hard sigmoid folded into the gate's weights
+    # exactly as the reference does (METHODS.md §4), c_t for every step at once.
+    diag, w_i, b_u = module.gate_weights(layer)
+    half_slope = float(module.slope) / 2
+    gate_a = diag * half_slope  # (D,)
+    gate_c = torch.nn.functional.linear(layer_in, w_i * half_slope, b_u * half_slope + 0.5)  # (T, B, D)
     dense = AtenStep(module, range(layer, layer + 1))
     out = layer_in.new_empty(seq_len, batch, size)
     masks = layer_in.new_empty(seq_len, batch, size)
     likelihoods = layer_in.new_empty(seq_len, batch)
-    for t in range(seq_len):
-        likelihood = hard_sigmoid(diag * s[:, 0] + gate_x[t], slope)  # (B, D) ũ_t
-        u = likelihood > threshold
-        if valid is not None:
-            u &= valid[t].unsqueeze(1)
-        likelihoods[t] = likelihood.sum(1)
-        masks[t] = u
-        active = u.any(0).nonzero().squeeze(1)  # (k,) neurons updated by some row
-        k = active.numel()
-        if k == size and bool(u.all()):  # every neuron of every row updates: a dense step, no mask
-            s = dense(layer_in[t], s.unsqueeze(0))[0]
-        elif (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
-            gx = project(layer_in[t], full.ih, full.b_ih)
-            gh = project(s[:, 0], full.hh, full.b_hh)
-            s = torch.where(u.unsqueeze(1), native.pointwise(module.cell, gx, gh, s), s)
-        elif k:
-            gx = gate_major(neuron_product(layer_in[t], rows.ih, rows.b_ih, active, gates), gates)  # (B, G*k)
-            gh = gate_major(neuron_product(s[:, 0], rows.hh, rows.b_hh, active, gates), gates)
-            old = s.index_select(2, active)  # (B, K, k)
-            new = native.pointwise(module.cell, gx, gh, old)
-            if batch > 1:
-                new = torch.where(u.index_select(1, active).unsqueeze(1), new, old)
-            s.index_copy_(2, active, new)
-        out[t] = s[:, 0]
+    spans, t = Window(), 0
+    with StepThreads(step_macs(module, batch)) as threads:
+        while t < seq_len:
+            likelihood = torch.addcmul(gate_c[t], gate_a, s[:, 0]).clamp(0.0, 1.0)  # (B, D) ũ_t
+            u = likelihood > threshold
+            if valid is not None:
+                u &= valid[t].unsqueeze(1)
+            every = bool(u.all())  # every neuron of every row updates
+            steps = spans.length(seq_len - t) if every else 0
+            if steps >= 2:  # try a dense window from t
+                with threads.wide():
+                    inputs, results = (layer_in, gate_a, gate_c, valid), (out, masks, likelihoods)
+                    t, s = _window(dense, spans, inputs, results, t, steps, s)
+                continue
+            likelihoods[t] = likelihood.sum(1)
+            masks[t] = u
+            active = u.any(0).nonzero().squeeze(1)  # (k,) neurons updated by some row
+            k = active.numel()
+            if every:  # a dense step, no mask
+                s = dense(layer_in[t], s.unsqueeze(0))[0]
+            elif (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
+                gx = project(layer_in[t], full.ih, full.b_ih)
+                gh = project(s[:, 0], full.hh, full.b_hh)
+                s = torch.where(u.unsqueeze(1), native.pointwise(module.cell, gx, gh, s), s)
+            elif k:
+                gx = gate_major(neuron_product(layer_in[t], rows.ih, rows.b_ih, active, gates), gates)  # (B, G*k)
+                gh = gate_major(neuron_product(s[:, 0], rows.hh, rows.b_hh, active, gates), gates)
+                old = s.index_select(2, active)  # (B, K, k)
+                new = native.pointwise(module.cell, gx, gh, old)
+                if batch > 1:
+                    new = torch.where(u.index_select(1, active).unsqueeze(1), new, old)
+                s.index_copy_(2, active, new)
+            out[t] = s[:, 0]
+            t += 1
     return s, out, masks, likelihoods
+
+
+def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: int, s: Tensor) -> tuple:
+    """A speculative dense window of ``steps`` steps from t, at which every neuron of every row updates.
+
+    Step i > 0 of the window updates everything iff ũ from h_{i-1} (the window's own output)
+    exceeds the threshold for every neuron of every valid row. Writes the accepted steps' out,
+    u and Σ ũ into ``results``; returns the next step and the state there (B, K, D).
+    """
+    layer_in, gate_a, gate_c, valid = inputs
+    out, masks, likelihoods = results
+    module = dense.module
+    threshold = float(module.options["threshold"])
+    span = slice(t, t + steps)
+    seen: dict[str, Tensor] = {}
+
+    def check(tops: Tensor) -> Tensor:
+        before = torch.cat([s[:, 0].unsqueeze(0), tops[:-1, :, 0]])  # (k, B, D) h_{i-1}
+        seen["likelihood"] = likelihood = torch.addcmul(gate_c[span], gate_a, before).clamp(0.0, 1.0)
+        u = likelihood > threshold
+        seen["u"] = u if valid is None else u & valid[span].unsqueeze(2)
+        return seen["u"].flatten(1).all(1)
+
+    outs, accepted, state = window(dense, layer_in[span], s.unsqueeze(0), check)
+    spans.record(steps, accepted)
+    done = slice(t, t + accepted)
+    out[done], masks[done] = outs[:accepted], seen["u"][:accepted]
+    likelihoods[done] = seen["likelihood"][:accepted].sum(2)
+    return t + accepted, state[0]
 
 
 def neuron_product(z: Tensor, weight: Tensor, bias: Tensor | None, active: Tensor, gates: int) -> Tensor:

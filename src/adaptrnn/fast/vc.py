@@ -26,6 +26,7 @@ from ..layer import RecurrentState, Stats, valid_float
 from ..methods.vc import active_dims
 from . import native
 from .aten_step import AtenStep
+from .speculate import StepThreads, Window, step_macs, window
 from .weights import gate_major, neuron_major, project, transposed
 
 
@@ -78,32 +79,71 @@ def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMat
     ms, ds = layer_in.new_empty(seq_len, batch), layer_in.new_empty(seq_len, batch)
     dense = AtenStep(module, range(layer, layer + 1))
     state = s  # the rows' state, replaced by each full step's output, copied back into s at the end
-    for t in range(seq_len):
-        m = torch.sigmoid(state[:, 0] @ u + x_score[t] + b)  # (B,) m_t
-        if scale != 1.0:
-            m = (m * scale).clamp(max=1.0)
-        d = active_dims(m, size)  # (B,)
-        if valid is not None:
-            d = torch.where(valid[t], d, 0)
-        low, top = torch.stack(torch.aminmax(d)).tolist()  # one host read
-        if top == size and low == top:  # every row updates every dimension: a dense step
-            state = dense(layer_in[t], state.unsqueeze(0))[0]
-        elif top:
-            mixed = low != top
-            h = state[:, 0, :top]
-            if mixed:
-                keep = dims[:top] < d.unsqueeze(1)  # (B, top) dimensions each row updates
-                h = h * keep
-            gx, gh = blocks.products(top, layer_in[t], h)  # (B, G*top) each, gate-major
-            new = native.pointwise(module.cell, gx, gh, state[:, :, :top])  # (B, K, top)
-            if mixed:
-                new = torch.where(keep.unsqueeze(1), new, state[:, :, :top])
-            state[:, :, :top] = new
-        out[t] = state[:, 0]
-        ms[t], ds[t] = m, d
+    spans, t = Window(), 0
+    with StepThreads(step_macs(module, batch)) as threads:
+        while t < seq_len:
+            m = torch.sigmoid(state[:, 0] @ u + x_score[t] + b)  # (B,) m_t
+            if scale != 1.0:
+                m = (m * scale).clamp(max=1.0)
+            d = active_dims(m, size)  # (B,)
+            if valid is not None:
+                d = torch.where(valid[t], d, 0)
+            low, top = torch.stack(torch.aminmax(d)).tolist()  # one host read
+            full = top == size and low == top  # every row updates every dimension
+            steps = spans.length(seq_len - t) if full else 0
+            if steps >= 2:  # try a dense window from t
+                with threads.wide():
+                    t, state = _window(dense, spans, (layer_in, x_score, valid, u, b), (out, ms, ds), t, steps, state)
+                continue
+            if full:  # a dense step
+                state = dense(layer_in[t], state.unsqueeze(0))[0]
+            elif top:
+                mixed = low != top
+                h = state[:, 0, :top]
+                if mixed:
+                    keep = dims[:top] < d.unsqueeze(1)  # (B, top) dimensions each row updates
+                    h = h * keep
+                gx, gh = blocks.products(top, layer_in[t], h)  # (B, G*top) each, gate-major
+                new = native.pointwise(module.cell, gx, gh, state[:, :, :top])  # (B, K, top)
+                if mixed:
+                    new = torch.where(keep.unsqueeze(1), new, state[:, :, :top])
+                state[:, :, :top] = new
+            out[t] = state[:, 0]
+            ms[t], ds[t] = m, d
+            t += 1
     if state is not s:
         s.copy_(state)
     return out, ms, ds
+
+
+def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: int, s: Tensor) -> tuple:
+    """A speculative dense window of ``steps`` steps from t, at which every row has d_t = D.
+
+    Step i > 0 of the window is dense iff m from h_{i-1} (the window's own output) gives
+    d = D for every valid row. Writes the accepted steps' out, m and d into ``results``;
+    returns the next step and the state there (B, K, D).
+    """
+    layer_in, x_score, valid, u, b = inputs
+    out, ms, ds = results
+    module = dense.module
+    size, scale = module.hidden_size, float(module.options["scale"])
+    span = slice(t, t + steps)
+    seen: dict[str, Tensor] = {}
+
+    def check(tops: Tensor) -> Tensor:
+        before = torch.cat([s[:, 0].unsqueeze(0), tops[:-1, :, 0]])  # (k, B, D) h_{i-1}
+        m = torch.sigmoid(before @ u + x_score[span] + b)  # (k, B)
+        if scale != 1.0:
+            m = (m * scale).clamp(max=1.0)
+        d = active_dims(m, size)
+        seen["m"], seen["d"] = m, d if valid is None else torch.where(valid[span], d, 0)
+        return seen["d"].eq(size).all(1)
+
+    outs, accepted, state = window(dense, layer_in[span], s.unsqueeze(0), check)
+    spans.record(steps, accepted)
+    done = slice(t, t + accepted)
+    out[done], ms[done], ds[done] = outs[:accepted], seen["m"][:accepted], seen["d"][:accepted]
+    return t + accepted, state[0]
 
 
 class SubMatrices:
