@@ -46,7 +46,7 @@ def act_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) 
         # Steps [0, full) have every row valid: where windows may run.
         full = seq_len if valid is None else int(valid.all(1).long().cumprod(0).sum())
         spans, once, t = Window(), False, 0  # once: every row halted at its first ponder step at t-1
-        with StepThreads(step_macs(module, batch)) as threads:
+        with StepThreads(step_macs(module, batch), x.device) as threads:
             while t < seq_len:
                 length = spans.length(full - t) if once and module.options["halting_input"] == "h" else 0
                 if length >= 2:

@@ -86,7 +86,7 @@ def _steps(module, layer: int, layer_in: Tensor, rows, full, s: Tensor, valid) -
     masks = layer_in.new_empty(seq_len, batch, size)
     likelihoods = layer_in.new_empty(seq_len, batch)
     spans, t = Window(), 0
-    with StepThreads(step_macs(module, batch)) as threads:
+    with StepThreads(step_macs(module, batch), layer_in.device) as threads:
         while t < seq_len:
             likelihood = torch.addcmul(gate_c[t], gate_a, s[:, 0]).clamp(0.0, 1.0)  # (B, D) ũ_t
             u = likelihood > threshold

@@ -146,7 +146,7 @@ def _run_batch(
     batch = cell.shape[1]
     filled = 0  # out[:filled] is written
     spans, all_end = Window(), int(ends.min())  # windows need input tensors (a callable is asked only for updates)
-    with StepThreads(step_macs(module, batch)) as threads:
+    with StepThreads(step_macs(module, batch), cell.device) as threads:
         t = next_t.min()
         while t < np.inf:
             t = int(t)

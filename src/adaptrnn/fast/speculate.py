@@ -137,14 +137,17 @@ STEP_THREADS_MIN_MACS = 32e6
 class StepThreads:
     """Scoped thread count for a batched path's per-step loop.
 
-    ``with StepThreads(macs):`` runs the block with one thread when a step costs fewer than
-    ``STEP_THREADS_MIN_MACS`` multiply-adds, restoring the caller's count on exit (``finally``);
-    ``with threads.wide():`` inside it gives whole-window calls the caller's count back.
+    ``with StepThreads(macs, device):`` runs the block with one thread when a step costs fewer
+    than ``STEP_THREADS_MIN_MACS`` multiply-adds on the CPU, restoring the caller's count on exit
+    (also when the block raises); ``with threads.wide():`` inside it gives whole-window calls the
+    caller's count back. The count is torch's, process-wide: other Python threads running torch
+    operations meanwhile get one thread too.
     """
 
-    def __init__(self, macs_per_step: float) -> None:
+    def __init__(self, macs_per_step: float, device: torch.device) -> None:
         self.outer = torch.get_num_threads()
-        self.inner = 1 if macs_per_step < STEP_THREADS_MIN_MACS else self.outer
+        small = device.type == "cpu" and macs_per_step < STEP_THREADS_MIN_MACS
+        self.inner = 1 if small else self.outer
 
     def __enter__(self) -> StepThreads:
         if self.inner != self.outer:

@@ -80,7 +80,7 @@ def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMat
     dense = AtenStep(module, range(layer, layer + 1))
     state = s  # the rows' state, replaced by each full step's output, copied back into s at the end
     spans, t = Window(), 0
-    with StepThreads(step_macs(module, batch)) as threads:
+    with StepThreads(step_macs(module, batch), layer_in.device) as threads:
         while t < seq_len:
             m = torch.sigmoid(state[:, 0] @ u + x_score[t] + b)  # (B,) m_t
             if scale != 1.0:
