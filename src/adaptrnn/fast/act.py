@@ -6,6 +6,10 @@ compacted with ``index_select``), so a ponder step costs in proportion to the ro
 running; padded steps are not pondered at all. The mean-field sum adds each row's terms in
 the same order as the reference. At batch 1 (float32 or float64 on the CPU) the whole loop
 runs in C (``native.act_loop``), taking only the ponder steps needed.
+After an input step at which every row halted at its first ponder step, a speculative
+window (``speculate``) runs the next first ponder steps of every row in one ATen call and
+keeps those at which every row halts again (``halting_input="h"``; with ``"state"`` the
+halting unit reads every layer's c, which a whole-sequence call does not return per step).
 
 On a CPU, reading the halting decision on the host after each ponder step costs nothing.
 On a GPU each compaction is a host synchronisation; the plan there (docs/speed.md) is to

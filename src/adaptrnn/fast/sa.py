@@ -7,6 +7,8 @@ each and multiplied; every other neuron keeps its state without being touched. W
 union, a row whose own u is 0 for a neuron keeps that neuron's state, as in the reference.
 When the gather would leave out too little work to pay for its own operations (small
 batches and hidden sizes, or most neurons active), the step is one masked dense step instead.
+A step at which every neuron of every row updates starts a speculative window of such steps
+in one ATen call (``speculate``).
 At batch 1 (float32 or float64 on the CPU) the whole loop of a layer runs in C
 (``native.sa_layer``), computing only the active neurons' rows.
 """

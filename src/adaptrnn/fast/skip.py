@@ -5,6 +5,8 @@ accumulated probability grows as ``ũ_{t+k} = min(k·Δũ_t, 1)`` while skipping
 next update is ``t + 1 + N_skip`` with ``N_skip = floor(threshold / Δũ_t)``. Each sequence gets
 its own next-update time; at a step where any sequence is due only the due rows are gathered,
 run through the cell stack and scattered back, and steps where none is due are never visited.
+Where every row is due, a speculative window (``speculate``) runs the next steps for every
+row at once and keeps those at which every row stays due (Δũ > threshold).
 Skipped steps repeat the last output; ũ for the statistics is filled in afterwards from the
 closed form above.
 

@@ -5,7 +5,8 @@ and all of x_t (METHODS.md §3). With the weights stored neuron-major (``weights
 the rows needed are the first ``G·d`` of each matrix and the columns of W_hh the first d, so a
 step is two products with strided sub-matrices, no copy of the weights. In a batch the blocks
 are copied gate-major once per call and d where that is cheap (``SubMatrices``), and a step at
-which every row has d_t = D is one ATen RNN call (``aten_step``).
+which every row has d_t = D is one ATen RNN call (``aten_step``), or the start of a
+speculative window of such steps in one call (``speculate``).
 
 At batch 1 (float32 or float64 on the CPU) the whole loop of a layer runs in C
 (``native.vc_layer``), computing the same blocks.
