@@ -99,7 +99,7 @@ def _steps(module, layer: int, layer_in: Tensor, rows, full, s: Tensor, valid) -
             if steps >= 2:  # try a dense window from t
                 with threads.wide():
                     inputs, results = (layer_in, gate_a, gate_c, valid), (out, masks, likelihoods)
-                    t, s = _window(dense, spans, inputs, results, t, steps, s)
+                    t, s = _window(dense, spans, inputs, results, t, steps, s, likelihood)
                 continue
             likelihoods[t] = likelihood.sum(1)
             masks[t] = u
@@ -124,32 +124,35 @@ def _steps(module, layer: int, layer_in: Tensor, rows, full, s: Tensor, valid) -
     return s, out, masks, likelihoods
 
 
-def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: int, s: Tensor) -> tuple:
-    """A speculative dense window of ``steps`` steps from t, at which every neuron of every row updates.
+def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: int, s: Tensor, first) -> tuple:
+    """A speculative dense window of ``steps`` steps from t, at which every neuron of every row
+    updates (``first``: ũ_t (B, D), computed before).
 
     Step i > 0 of the window updates everything iff ũ from h_{i-1} (the window's own output)
     exceeds the threshold for every neuron of every valid row. Writes the accepted steps' out,
-    u and Σ ũ into ``results``; returns the next step and the state there (B, K, D).
+    u (all ones) and Σ ũ into ``results``; returns the next step and the state there (B, K, D).
     """
     layer_in, gate_a, gate_c, valid = inputs
     out, masks, likelihoods = results
     module = dense.module
     threshold = float(module.options["threshold"])
-    span = slice(t, t + steps)
+    later = slice(t + 1, t + steps)  # the steps decided from the window's own states
     seen: dict[str, Tensor] = {}
 
     def check(tops: Tensor) -> Tensor:
-        before = torch.cat([s[:, 0].unsqueeze(0), tops[:-1, :, 0]])  # (k, B, D) h_{i-1}
-        seen["likelihood"] = likelihood = torch.addcmul(gate_c[span], gate_a, before).clamp(0.0, 1.0)
+        seen["likelihood"] = likelihood = torch.addcmul(gate_c[later], gate_a, tops[:-1, :, 0]).clamp(0.0, 1.0)
         u = likelihood > threshold
-        seen["u"] = u if valid is None else u & valid[span].unsqueeze(2)
-        return seen["u"].flatten(1).all(1)
+        if valid is not None:
+            u &= valid[later].unsqueeze(2)
+        return torch.cat([u.new_ones(1), u.flatten(1).all(1)])  # step t: known
 
-    outs, accepted, state = window(dense, layer_in[span], s.unsqueeze(0), check)
+    outs, accepted, state = window(dense, layer_in[t : t + steps], s.unsqueeze(0), check)
     spans.record(steps, accepted)
     done = slice(t, t + accepted)
-    out[done], masks[done] = outs[:accepted], seen["u"][:accepted]
-    likelihoods[done] = seen["likelihood"][:accepted].sum(2)
+    out[done] = outs[:accepted]
+    masks[done] = 1.0  # every neuron of every row at the accepted steps
+    likelihoods[t] = first.sum(1)
+    likelihoods[t + 1 : t + accepted] = seen["likelihood"][: accepted - 1].sum(2)
     return t + accepted, state[0]
 
 

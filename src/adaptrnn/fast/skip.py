@@ -26,7 +26,7 @@ from torch import Tensor
 from ..layer import RecurrentState, Stats, valid_float
 from . import native
 from .aten_step import AtenStep
-from .speculate import StepThreads, Window, flat, step_macs, window
+from .speculate import StepThreads, Window, flat, step_macs, stepwise, window
 from .weights import stack_step, transposed
 
 Features = Callable[[Tensor, Tensor], Tensor]  # (steps (n,), rows (n,)) -> (n, I)
@@ -152,7 +152,9 @@ def _run_batch(
         t = next_t.min()
         while t < np.inf:
             t = int(t)
-            length = spans.length(all_end - t) if isinstance(inputs, Tensor) and (next_t == t).all() else 0
+            length = 0
+            if isinstance(inputs, Tensor) and (next_t == t).all():  # LSTM windows (stepwise) waste nothing
+                length = all_end - t if dense.parts == 2 else spans.length(all_end - t)
             if length >= 2:  # every row is due at t: try a dense window from t
                 if t > filled:
                     out[filled:t] = log.cell[-1, :, 0]
@@ -213,22 +215,32 @@ def _window(
 
     Step i > 0 of the window is due for every row iff Δũ_{i-1} > threshold for every row
     (after an update ũ = Δũ: eq. 5, then N_skip = 0: eq. 6), Δũ from the top layer's state
-    after step i-1 (c for the LSTM, so its window runs one-step calls). The accepted steps are
+    after step i-1 (c for the LSTM, so its window is ``speculate.stepwise``). The accepted steps are
     logged as updates of every row; the last one's Δũ schedules each row's next update.
     Returns the new end of the written outputs.
     """
     every = np.arange(log.cell.shape[1])
-    seen: dict[str, Tensor] = {}
+    seen: dict[str, list[Tensor]] = {"delta": []}
 
     def check(tops: Tensor) -> Tensor:
-        seen["delta"] = delta = module.update_increment(flat(tops)).view(tops.shape[:2]).double()  # (k, B)
+        delta = module.update_increment(flat(tops)).view(tops.shape[:2]).double()  # (k, B)
+        seen["delta"].append(delta)
         due = delta.gt(threshold).all(1) if threshold < 1 else torch.zeros_like(delta[:, 0], dtype=torch.bool)
         return torch.cat([due.new_ones(1), due[:-1]])  # step 0 is due for every row
 
-    outs, accepted, log.cell = window(dense, x[t : t + length], log.cell, check, need_c=True)
+    def next_ok(hx: list[Tensor]) -> bool:  # the LSTM: Δũ from the top layer's c
+        delta = module.update_increment(hx[-1][-1:].unsqueeze(2)).double()  # (B,)
+        seen["delta"].append(delta.unsqueeze(0))
+        return threshold < 1 and bool(delta.gt(threshold).all())
+
+    xs = x[t : t + length]
+    if dense.parts == 2:
+        outs, accepted, log.cell = stepwise(dense, xs, log.cell, next_ok)
+    else:
+        outs, accepted, log.cell = window(dense, xs, log.cell, check)
+    deltas = torch.cat(seen["delta"])[:accepted].cpu().numpy()
     spans.record(length, accepted)
     out[t : t + accepted] = outs[:accepted]
-    deltas = seen["delta"][:accepted].cpu().numpy()
     for i in range(accepted):
         log.add(t + i, every, None, deltas[i])
     _schedule(next_t, every, t + accepted - 1, deltas[-1], threshold)

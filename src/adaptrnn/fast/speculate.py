@@ -15,7 +15,8 @@ Which states a decision reads decides what is accepted (the callers' ``check``):
 - Skip RNN: step 0 is known to be due for every row; step i > 0 is due for every row iff
   Δũ_{i-1} > threshold for every row (after an update ũ = Δũ, eq. 5), Δũ read from the top
   layer's state after step i-1 (c for the LSTM: whole-sequence calls do not return c per
-  step, so the LSTM's window runs one-step calls instead, keeping each step's state).
+  step, so the LSTM's window is :func:`stepwise`, one-step calls without the per-step
+  bookkeeping, stopping at the first step that leaves some row not due).
 - ACT decides step i from the halting unit on the state after step i's first ponder step.
 A window that fails at step j > 0 needs the state after step j-1: from the outputs where a
 single layer's state is its h (RNN, GRU), else by running the j accepted steps again.
@@ -24,6 +25,7 @@ Waste is bounded by :class:`Window`: a window starts only at a step known (or, f
 found at the previous step) to compute everything; its length doubles after each fully
 accepted window and falls back to ``Window.MIN`` after a failed one, and after consecutive
 failures windows are not tried for 1, 2, 4, ... (at most ``Window.MAX_PAUSE``) chances.
+(:func:`stepwise` windows waste nothing and need no such bound.)
 Decisions are the reference's thresholds on states that differ from its own only by
 rounding (the kernels are ``DenseRNN``'s, tested equal to the reference cells), the standard
 the one-step ATen calls of the per-step paths already meet.
@@ -74,22 +76,20 @@ class Window:
             self.penalty = min(2 * self.penalty, self.MAX_PAUSE)
 
 
-# (k, n, P, D) the top layer's state after each window step (P = 1: h only; P = 2: h and c)
+# (k, n, 1, D) the top layer's h after each window step
 # -> (k,) bool: whether every row computes everything at that step, given the steps before it did.
 Check = Callable[[Tensor], Tensor]
 
 
-def window(dense: AtenStep, xs: Tensor, s: Tensor, check: Check, need_c: bool = False) -> tuple[Tensor, int, Tensor]:
+def window(dense: AtenStep, xs: Tensor, s: Tensor, check: Check) -> tuple[Tensor, int, Tensor]:
     """Run k dense steps for every row and keep the leading ones that ``check`` accepts.
 
     dense: the stack's (or one layer's) ATen step; xs: (k, n, C) its inputs; s: (L, n, P, D) the
-    state before the window; ``need_c``: the check reads the LSTM's c (one-step calls).
+    state before the window. ``check`` sees the top layer's h only (P = 1 in its argument).
     Returns the last layer's h at each step (k, n, D) (valid for the accepted steps), the number
     of accepted steps a, and the state after step a-1 (``s`` if a = 0).
     """
     steps = xs.shape[0]
-    if need_c and dense.parts == 2:
-        return _stepwise(dense, xs, s, check)
     outs, final = dense.sequence(xs, s)
     accepted = leading(check(outs.unsqueeze(2)))
     if accepted == steps:
@@ -101,18 +101,20 @@ def window(dense: AtenStep, xs: Tensor, s: Tensor, check: Check, need_c: bool = 
     return outs, accepted, dense.sequence(xs[:accepted], s)[1]  # the accepted steps again
 
 
-def _stepwise(dense: AtenStep, xs: Tensor, s: Tensor, check: Check) -> tuple[Tensor, int, Tensor]:
-    """:func:`window` for a check that reads c: one call per step, every step's state kept."""
+def stepwise(dense: AtenStep, xs: Tensor, s: Tensor, next_ok: Callable[[list[Tensor]], bool]) -> tuple:
+    """A window whose decisions read the LSTM's c, which a whole-sequence call does not return
+    per step: one-step calls, each followed by ``next_ok(hx)`` (hx: ATen's [h, c] after the step,
+    each (L, n, D)) saying whether the next step computes everything; stops after the first that
+    does not, so no step is wasted. Same returns as :func:`window`, outs only for accepted steps.
+    """
     hx = [s[:, :, k].contiguous() for k in range(dense.parts)]
-    states = []
+    tops = []
     for i in range(xs.shape[0]):
         _, hx = dense.raw(xs[i : i + 1], hx)
-        states.append(hx)
-    # (k, n, P, D): the top layer's h and c after each step, stacked once
-    tops = torch.stack([torch.stack([state[p][-1] for state in states]) for p in range(dense.parts)], dim=2)
-    accepted = leading(check(tops))
-    state = s if accepted == 0 else torch.stack(states[accepted - 1], dim=2)
-    return tops[:, :, 0], accepted, state
+        tops.append(hx[0][-1])
+        if not next_ok(hx):
+            break
+    return torch.stack(tops), len(tops), torch.stack(hx, dim=2)
 
 
 def leading(ok: Tensor) -> int:
