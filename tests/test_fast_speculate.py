@@ -17,7 +17,7 @@ import torch
 import adaptrnn as ar
 from adaptrnn.fast import native, speculate
 from adaptrnn.layer import RecurrentState
-from conftest import vary_gates
+from conftest import COSTLY, vary_gates
 from test_fast import CELLS, assert_same, reference_twin
 
 I, D, T, B = 3, 8, 40, 3
@@ -37,7 +37,8 @@ SWEEPS = {
 
 def module_at(method: str, cell: str, num_layers: int, dtype: torch.dtype, knob: float) -> ar.RecurrentBase:
     torch.manual_seed(21)
-    m = vary_gates(ar.METHODS[method](cell, I, D, num_layers=num_layers).to(dtype).eval(), act_scale=2.0)
+    module = ar.METHODS[method](cell, I, D, num_layers=num_layers, **COSTLY[method])  # costs read every ũ
+    m = vary_gates(module.to(dtype).eval(), act_scale=2.0)
     with torch.no_grad():
         if method == "skip":
             m.update_bias.fill_(knob)
