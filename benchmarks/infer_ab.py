@@ -2,7 +2,7 @@
 
     python benchmarks/infer_ab.py [--threads 1] [--fractions 1,0.5] [--revision c996cf4]
 
-At (B, T, I, H) = (256, 50, 2, 110), LSTM, each method with its gate fixed by
+At (B, T, I, H) = (256, 50, 2, 110), LSTM (``--cell``), each method with its gate fixed by
 ``adaptrnn.bench.controlled`` and ``nn.LSTM`` are called in alternation (9 each, after 2 warm-up
 calls), and the ratios of the medians are printed, of wall clock and of process CPU time
 (``time.process_time``, less sensitive to waiting for a core). With ``--revision`` the same
@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--fractions", default="1")
     parser.add_argument("--methods", default="skip,vc,sa,act")
+    parser.add_argument("--cell", default="lstm", choices=["rnn", "gru", "lstm"])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--revision", help="run on this git revision's src instead")
     args = parser.parse_args()
@@ -60,7 +61,7 @@ def main() -> int:
     torch.manual_seed(0)
     batch, seq_len, in_size, hidden = 256, 50, 2, 110
     x = torch.randn(seq_len, batch, in_size)
-    lstm = torch.nn.LSTM(in_size, hidden)
+    lstm = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[args.cell](in_size, hidden)
 
     def once(fn) -> tuple[float, float]:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -71,7 +72,7 @@ def main() -> int:
     with torch.no_grad():
         for method in args.methods.split(","):
             for fraction in (float(f) for f in args.fractions.split(",")):
-                module = ar.METHODS[method]("lstm", in_size, hidden).eval()
+                module = ar.METHODS[method](args.cell, in_size, hidden).eval()
                 state = controlled(module, fraction, batch, x)
                 for _ in range(2):
                     module(x, state), lstm(x)
@@ -81,8 +82,8 @@ def main() -> int:
                     base.append(once(lambda: lstm(x)))
                 med = [statistics.median(t[i] for t in ours) / statistics.median(t[i] for t in base) for i in (0, 1)]
                 ms = 1e3 * statistics.median(t[0] for t in base)
-                rows.append(f"{method} f={fraction:g}: wall {med[0]:.2f}x cpu {med[1]:.2f}x (nn.LSTM {ms:.1f} ms)")
-    print(f"{args.threads} thread(s), {torch.__version__}: " + " | ".join(rows), flush=True)
+                rows.append(f"{method} f={fraction:g}: wall {med[0]:.2f}x cpu {med[1]:.2f}x (torch.nn {ms:.1f} ms)")
+    print(f"{args.cell}, {args.threads} thread(s), {torch.__version__}: " + " | ".join(rows), flush=True)
     return 0
 
 

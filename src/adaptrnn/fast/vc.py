@@ -94,7 +94,8 @@ def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMat
             steps = spans.length(seq_len - t) if full else 0
             if steps >= 2:  # try a dense window from t
                 with threads.wide():
-                    t, state = _window(dense, spans, (layer_in, x_score, valid, u, b), (out, ms, ds), t, steps, state)
+                    inputs = (layer_in, x_score, valid, u, b)
+                    t, state = _window(dense, spans, inputs, (out, ms, ds), t, steps, state, m)
                 continue
             if full:  # a dense step
                 state = dense(layer_in[t], state.unsqueeze(0))[0]
@@ -117,8 +118,9 @@ def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMat
     return out, ms, ds
 
 
-def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: int, s: Tensor) -> tuple:
-    """A speculative dense window of ``steps`` steps from t, at which every row has d_t = D.
+def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: int, s: Tensor, first) -> tuple:
+    """A speculative dense window of ``steps`` steps from t, at which every row has d_t = D
+    (``first``: m_t (B,), computed before).
 
     Step i > 0 of the window is dense iff m from h_{i-1} (the window's own output) gives
     d = D for every valid row. Writes the accepted steps' out, m and d into ``results``;
@@ -128,22 +130,22 @@ def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: 
     out, ms, ds = results
     module = dense.module
     size, scale = module.hidden_size, float(module.options["scale"])
-    span = slice(t, t + steps)
+    later = slice(t + 1, t + steps)  # the steps decided from the window's own states
     seen: dict[str, Tensor] = {}
 
     def check(tops: Tensor) -> Tensor:
-        before = torch.cat([s[:, 0].unsqueeze(0), tops[:-1, :, 0]])  # (k, B, D) h_{i-1}
-        m = torch.sigmoid(before @ u + x_score[span] + b)  # (k, B)
+        m = torch.sigmoid(tops[:-1, :, 0] @ u + x_score[later] + b)  # (k-1, B) from h_{i-1}
         if scale != 1.0:
             m = (m * scale).clamp(max=1.0)
+        seen["m"] = torch.cat([first.unsqueeze(0), m])  # step t's m_t: computed before
         d = active_dims(m, size)
-        seen["m"], seen["d"] = m, d if valid is None else torch.where(valid[span], d, 0)
-        return seen["d"].eq(size).all(1)
+        full = d.eq(size) if valid is None else d.eq(size) & valid[later]
+        return torch.cat([full.new_ones(1), full.all(1)])
 
-    outs, accepted, state = window(dense, layer_in[span], s.unsqueeze(0), check)
+    outs, accepted, state = window(dense, layer_in[t : t + steps], s.unsqueeze(0), check)
     spans.record(steps, accepted)
     done = slice(t, t + accepted)
-    out[done], ms[done], ds[done] = outs[:accepted], seen["m"][:accepted], seen["d"][:accepted]
+    out[done], ms[done], ds[done] = outs[:accepted], seen["m"][:accepted], size  # d_t = D at accepted steps
     return t + accepted, state[0]
 
 
