@@ -147,13 +147,15 @@ def _run_batch(
     log = UpdateLog(cell)  # log.cell (L, B, K, D): the current state of every row
     batch = cell.shape[1]
     filled = 0  # out[:filled] is written
-    spans, all_end = Window(), int(ends.min())  # windows need input tensors (a callable is asked only for updates)
+    spans, all_end = Window(), int(ends.min())  # every row is valid before all_end
     with StepThreads(step_macs(module, batch), cell.device) as threads:
         t = next_t.min()
         while t < np.inf:
             t = int(t)
             length = 0
-            if isinstance(inputs, Tensor) and (next_t == t).all():  # LSTM windows (stepwise) waste nothing
+            # Windows read inputs ahead, so not from a callable (asked only for updating steps);
+            # the LSTM's (stepwise) waste nothing, so they need no adaptive length.
+            if isinstance(inputs, Tensor) and (next_t == t).all():
                 length = all_end - t if dense.parts == 2 else spans.length(all_end - t)
             if length >= 2:  # every row is due at t: try a dense window from t
                 if t > filled:
