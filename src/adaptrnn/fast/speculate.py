@@ -18,8 +18,8 @@ Which states a decision reads decides what is accepted (the callers' ``check``):
   step, so the LSTM's window is :func:`stepwise`, one-step calls without the per-step
   bookkeeping, stopping at the first step that leaves some row not due).
 - ACT decides step i from the halting unit on the state after step i's first ponder step.
-A window that fails at step j > 0 needs the state after step j-1: from the outputs where a
-single layer's state is its h (RNN, GRU), else by running the j accepted steps again.
+A window that keeps only its first a < k steps needs the state after step a-1: from the
+outputs where a single layer's state is its h (RNN, GRU), else by running the a steps again.
 
 Waste is bounded by :class:`Window`: a window starts only at a step known (or, for ACT,
 found at the previous step) to compute everything; its length doubles after each fully
