@@ -9,6 +9,9 @@ outputs of the reference implementation in ``adaptrnn.methods``.
 - ``native``: at batch 1 every method's whole loop runs in C (``native.c``, built by
   ``pip install``; PyTorch where it was not built).
 - ``stream``: batch-1 step-by-step use with kept state.
+- ``speculate``: in the batched Skip, VC, SA and ACT paths, runs of steps at which every row
+  computes everything go through one ATen whole-sequence call (a speculative window whose
+  decisions are checked afterwards); the per-step loops run at one thread when a step is small.
 
 Dependencies run one way: these paths import the methods, never the reverse. Importing this
 package registers each path with ``adaptrnn.dispatch``, which ``RecurrentBase.forward`` asks:

@@ -28,7 +28,7 @@ class AtenStep:
     """
 
     def __init__(self, module, layers: range, first_bias: Tensor | None = None) -> None:
-        self.cell, self.count = module.cell, len(layers)
+        self.module, self.cell, self.count = module, module.cell, len(layers)
         self.parts = STATE_PARTS[module.cell]
         self.has_biases = module.bias or first_bias is not None
         self.params: list[Tensor] = []
@@ -45,7 +45,20 @@ class AtenStep:
 
     def __call__(self, x: Tensor, s: Tensor) -> Tensor:
         """x: (n, C) the first layer's input; s: (layers, n, K, D) -> the new state, same shape."""
-        hx = [s[:, :, k].contiguous() for k in range(self.parts)]  # (layers, n, D) each
+        return self.sequence(x.unsqueeze(0), s)[1]
+
+    def sequence(self, xs: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Several steps in one call (``adaptrnn.fast.speculate``'s windows).
+
+        xs: (k, n, C) the first layer's inputs; s: (layers, n, K, D) the state before them.
+        Returns the last layer's h at each step (k, n, D) and the state after the last (layers, n, K, D).
+        """
+        out, hx = self.raw(xs, [s[:, :, k].contiguous() for k in range(self.parts)])
+        return out, hx[0].unsqueeze(2) if self.parts == 1 else torch.stack(hx, dim=2)
+
+    def raw(self, xs: Tensor, hx: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """The kernel call on ATen's own state layout: hx is [h] or [h, c], each (layers, n, D)
+        contiguous. Returns the last layer's h at each step (k, n, D) and the new [h] or [h, c]."""
         args = (self.params, self.has_biases, self.count, 0.0, False, False, False)
-        result = KERNELS[self.cell](x.unsqueeze(0), hx if self.cell == "lstm" else hx[0], *args)
-        return result[1].unsqueeze(2) if self.parts == 1 else torch.stack(result[1:], dim=2)
+        result = KERNELS[self.cell](xs, hx if self.cell == "lstm" else hx[0], *args)
+        return result[0], list(result[1:])

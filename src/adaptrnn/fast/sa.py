@@ -7,6 +7,8 @@ each and multiplied; every other neuron keeps its state without being touched. W
 union, a row whose own u is 0 for a neuron keeps that neuron's state, as in the reference.
 When the gather would leave out too little work to pay for its own operations (small
 batches and hidden sizes, or most neurons active), the step is one masked dense step instead.
+A step at which every neuron of every row updates starts a speculative window of such steps
+in one ATen call (``speculate``).
 At batch 1 (float32 or float64 on the CPU) the whole loop of a layer runs in C
 (``native.sa_layer``), computing only the active neurons' rows.
 """
@@ -18,9 +20,9 @@ from torch import Tensor
 
 from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
-from ..methods.sa import hard_sigmoid
 from . import native
 from .aten_step import AtenStep
+from .speculate import StepThreads, Window, step_macs, window
 from .weights import gate_major, neuron_major, project, transposed
 
 # Gathering the active rows adds ~10 tensor operations per step (tens of microseconds from
@@ -45,9 +47,9 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     for layer, (rows, full) in enumerate(rearranged):
         in_size = layer_in.shape[-1]
         _, w_i, b_u = module.gate_weights(layer)
-        gate_x = torch.nn.functional.linear(layer_in, w_i, b_u)  # (T, B, D) W_i x_t + b for all steps
         s = state.cell[layer].clone()  # (B, K, D)
         if use_native:  # batch 1: the whole loop in C
+            gate_x = torch.nn.functional.linear(layer_in, w_i, b_u)  # (T, B, D) W_i x_t + b for all steps
             s = s.contiguous()
             steps = seq_len if valid is None else int(valid[:, 0].sum())
             out, masks, likelihoods = native.sa_layer(module, layer, layer_in[:, 0], steps, gate_x[:, 0], s[0])
@@ -57,8 +59,9 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             mask, likelihoods = masks.unsqueeze(1), likelihoods.unsqueeze(1)
             out = out.unsqueeze(1)
         else:
-            s, out, masks, likelihoods = _steps(module, layer, layer_in, gate_x, rows, full, s, valid)
-            mask, likelihoods = masks * weight.unsqueeze(-1), likelihoods * weight  # (T, B, D), (T, B)
+            s, out, masks, likelihoods = _steps(module, layer, layer_in, rows, full, s, valid)
+            mask = masks if valid is None else masks * weight.unsqueeze(-1)  # (T, B, D)
+            likelihoods = likelihoods * weight  # (T, B)
         active_count = mask.sum(-1)  # (T, B)
         likelihood_sum = likelihood_sum + likelihoods.sum(0)
         gate_macs = size * (1 + in_size)
@@ -72,45 +75,92 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     return layer_in, RecurrentState(torch.stack(finals)), Stats(updates, cost, flops, extras)
 
 
-def _steps(module, layer: int, layer_in: Tensor, gate_x: Tensor, rows, full, s: Tensor, valid) -> tuple:
-    """One layer's time loop in PyTorch. layer_in (T, B, C); gate_x (T, B, D); s (B, K, D).
+def _steps(module, layer: int, layer_in: Tensor, rows, full, s: Tensor, valid) -> tuple:
+    """One layer's time loop in PyTorch. layer_in (T, B, C); s (B, K, D).
 
     ``rows``: the layer's neuron-major weights, ``full``: transposed. Returns the final state
     (B, K, D), out (T, B, D), the mask u (T, B, D) and Σ_i ũ (T, B).
     """
     seq_len, batch, in_size = layer_in.shape
     gates, size = GATES[module.cell], module.hidden_size
-    slope, threshold = float(module.slope), float(module.options["threshold"])
-    diag = module.gate_weights(layer)[0]
+    threshold = float(module.options["threshold"])
+    # ũ_t = clamp(a ⊙ h_{t-1} + c_t, 0, 1), the hard sigmoid folded into the gate's weights
+    # exactly as the reference does (METHODS.md §4), c_t for every step at once.
+    diag, w_i, b_u = module.gate_weights(layer)
+    half_slope = float(module.slope) / 2
+    gate_a = diag * half_slope  # (D,)
+    gate_c = torch.nn.functional.linear(layer_in, w_i * half_slope, b_u * half_slope + 0.5)  # (T, B, D)
     dense = AtenStep(module, range(layer, layer + 1))
     out = layer_in.new_empty(seq_len, batch, size)
     masks = layer_in.new_empty(seq_len, batch, size)
     likelihoods = layer_in.new_empty(seq_len, batch)
-    for t in range(seq_len):
-        likelihood = hard_sigmoid(diag * s[:, 0] + gate_x[t], slope)  # (B, D) ũ_t
+    spans, t = Window(), 0
+    with StepThreads(step_macs(module, batch), layer_in.device) as threads:
+        while t < seq_len:
+            likelihood = torch.addcmul(gate_c[t], gate_a, s[:, 0]).clamp(0.0, 1.0)  # (B, D) ũ_t
+            u = likelihood > threshold
+            if valid is not None:
+                u &= valid[t].unsqueeze(1)
+            every = bool(u.all())  # every neuron of every row updates
+            steps = spans.length(seq_len - t) if every else 0
+            if steps >= 2:  # try a dense window from t
+                with threads.wide():
+                    inputs, results = (layer_in, gate_a, gate_c, valid), (out, masks, likelihoods)
+                    t, s = _window(dense, spans, inputs, results, t, steps, s, likelihood)
+                continue
+            likelihoods[t] = likelihood.sum(1)
+            masks[t] = u
+            active = u.any(0).nonzero().squeeze(1)  # (k,) neurons updated by some row
+            k = active.numel()
+            if every:  # a dense step, no mask
+                s = dense(layer_in[t], s.unsqueeze(0))[0]
+            elif (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
+                gx = project(layer_in[t], full.ih, full.b_ih)
+                gh = project(s[:, 0], full.hh, full.b_hh)
+                s = torch.where(u.unsqueeze(1), native.pointwise(module.cell, gx, gh, s), s)
+            elif k:
+                gx = gate_major(neuron_product(layer_in[t], rows.ih, rows.b_ih, active, gates), gates)  # (B, G*k)
+                gh = gate_major(neuron_product(s[:, 0], rows.hh, rows.b_hh, active, gates), gates)
+                old = s.index_select(2, active)  # (B, K, k)
+                new = native.pointwise(module.cell, gx, gh, old)
+                if batch > 1:
+                    new = torch.where(u.index_select(1, active).unsqueeze(1), new, old)
+                s.index_copy_(2, active, new)
+            out[t] = s[:, 0]
+            t += 1
+    return s, out, masks, likelihoods
+
+
+def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: int, s: Tensor, first) -> tuple:
+    """A speculative dense window of ``steps`` steps from t, at which every neuron of every row
+    updates (``first``: ũ_t (B, D), computed before).
+
+    Step i > 0 of the window updates everything iff ũ from h_{i-1} (the window's own output)
+    exceeds the threshold for every neuron of every valid row. Writes the accepted steps' out,
+    u (all ones) and Σ ũ into ``results``; returns the next step and the state there (B, K, D).
+    """
+    layer_in, gate_a, gate_c, valid = inputs
+    out, masks, likelihoods = results
+    module = dense.module
+    threshold = float(module.options["threshold"])
+    later = slice(t + 1, t + steps)  # the steps decided from the window's own states
+    seen: dict[str, Tensor] = {}
+
+    def check(tops: Tensor) -> Tensor:
+        seen["likelihood"] = likelihood = torch.addcmul(gate_c[later], gate_a, tops[:-1, :, 0]).clamp(0.0, 1.0)
         u = likelihood > threshold
         if valid is not None:
-            u &= valid[t].unsqueeze(1)
-        likelihoods[t] = likelihood.sum(1)
-        masks[t] = u
-        active = u.any(0).nonzero().squeeze(1)  # (k,) neurons updated by some row
-        k = active.numel()
-        if k == size and bool(u.all()):  # every neuron of every row updates: a dense step, no mask
-            s = dense(layer_in[t], s.unsqueeze(0))[0]
-        elif (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
-            gx = project(layer_in[t], full.ih, full.b_ih)
-            gh = project(s[:, 0], full.hh, full.b_hh)
-            s = torch.where(u.unsqueeze(1), native.pointwise(module.cell, gx, gh, s), s)
-        elif k:
-            gx = gate_major(neuron_product(layer_in[t], rows.ih, rows.b_ih, active, gates), gates)  # (B, G*k)
-            gh = gate_major(neuron_product(s[:, 0], rows.hh, rows.b_hh, active, gates), gates)
-            old = s.index_select(2, active)  # (B, K, k)
-            new = native.pointwise(module.cell, gx, gh, old)
-            if batch > 1:
-                new = torch.where(u.index_select(1, active).unsqueeze(1), new, old)
-            s.index_copy_(2, active, new)
-        out[t] = s[:, 0]
-    return s, out, masks, likelihoods
+            u &= valid[later].unsqueeze(2)
+        return torch.cat([u.new_ones(1), u.flatten(1).all(1)])  # step t: known
+
+    outs, accepted, state = window(dense, layer_in[t : t + steps], s.unsqueeze(0), check)
+    spans.record(steps, accepted)
+    done = slice(t, t + accepted)
+    out[done] = outs[:accepted]
+    masks[done] = 1.0  # every neuron of every row at the accepted steps
+    likelihoods[t] = first.sum(1)
+    likelihoods[t + 1 : t + accepted] = seen["likelihood"][: accepted - 1].sum(2)
+    return t + accepted, state[0]
 
 
 def neuron_product(z: Tensor, weight: Tensor, bias: Tensor | None, active: Tensor, gates: int) -> Tensor:

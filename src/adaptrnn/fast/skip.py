@@ -5,6 +5,8 @@ accumulated probability grows as ``ũ_{t+k} = min(k·Δũ_t, 1)`` while skipping
 next update is ``t + 1 + N_skip`` with ``N_skip = floor(threshold / Δũ_t)``. Each sequence gets
 its own next-update time; at a step where any sequence is due only the due rows are gathered,
 run through the cell stack and scattered back, and steps where none is due are never visited.
+Where every row is due, a speculative window (``speculate``) runs the next steps for every
+row at once and keeps those at which every row stays due (Δũ > threshold).
 Skipped steps repeat the last output; ũ for the statistics is filled in afterwards from the
 closed form above.
 
@@ -24,6 +26,7 @@ from torch import Tensor
 from ..layer import RecurrentState, Stats, valid_float
 from . import native
 from .aten_step import AtenStep
+from .speculate import StepThreads, Window, flat, step_macs, stepwise, window
 from .weights import stack_step, transposed
 
 Features = Callable[[Tensor, Tensor], Tensor]  # (steps (n,), rows (n,)) -> (n, I)
@@ -144,37 +147,106 @@ def _run_batch(
     log = UpdateLog(cell)  # log.cell (L, B, K, D): the current state of every row
     batch = cell.shape[1]
     filled = 0  # out[:filled] is written
-    t = next_t.min()
-    while t < np.inf:
-        t = int(t)
-        if t > filled:  # steps no row visited repeat the state (one broadcast copy per gap)
-            out[filled:t] = log.cell[-1, :, 0]
-        due = np.flatnonzero(next_t == t)
-        if due.size == batch:  # every row is due: no gather, and the new state replaces the old
-            x_t = inputs[t] if isinstance(inputs, Tensor) else inputs(*_all_rows(t, batch, cell.device))
-            log.cell = dense(x_t, log.cell)
-            new = log.cell
-        else:
-            rows = torch.from_numpy(due).to(cell.device)
-            if isinstance(inputs, Tensor):
-                x_t = inputs[t].index_select(0, rows)
-            else:
-                x_t = inputs(torch.full_like(rows, t), rows)
-            new = stack_step(module.cell, layers, x_t, log.cell.index_select(1, rows))
-            log.cell.index_copy_(1, rows, new)
-        out[t] = log.cell[-1, :, 0]
-        filled = t + 1
-        delta = module.update_increment(new).double().cpu().numpy()  # (n,) Δũ of eq. 4
-        if threshold < 1 and delta.min() > threshold:  # N_skip = floor(threshold / Δũ) = 0 for every row
-            next_t[due] = t + 1
-        else:
-            next_t[due] = t + 1 + skip_counts(delta, threshold)
-        next_t[next_t >= ends] = np.inf
-        log.add(t, due, None, delta)
+    spans, all_end = Window(), int(ends.min())  # every row is valid before all_end
+    with StepThreads(step_macs(module, batch), cell.device) as threads:
         t = next_t.min()
+        while t < np.inf:
+            t = int(t)
+            length = 0
+            # Windows read inputs ahead, so not from a callable (asked only for updating steps);
+            # the LSTM's (stepwise) waste nothing, so they need no adaptive length.
+            if isinstance(inputs, Tensor) and (next_t == t).all():
+                length = all_end - t if dense.parts == 2 else spans.length(all_end - t)
+            if length >= 2:  # every row is due at t: try a dense window from t
+                if t > filled:
+                    out[filled:t] = log.cell[-1, :, 0]
+                with threads.wide():
+                    filled = _window(module, dense, spans, inputs, log, t, length, out, next_t, threshold)
+                next_t[next_t >= ends] = np.inf
+                t = next_t.min()
+                continue
+            filled = _step(module, layers, dense, inputs, log, t, out, filled, next_t, threshold)
+            next_t[next_t >= ends] = np.inf
+            t = next_t.min()
     if filled < out.shape[0]:
         out[filled:] = log.cell[-1, :, 0]
     return log
+
+
+def _step(module, layers, dense, inputs, log: UpdateLog, t: int, out: Tensor, filled: int, next_t, threshold) -> int:
+    """One step of the rows due at t (``next_t == t``): their new state, out[t], their next update.
+
+    Returns the new end of the written outputs.
+    """
+    batch = log.cell.shape[1]
+    cell = log.cell
+    if t > filled:  # steps no row visited repeat the state (one broadcast copy per gap)
+        out[filled:t] = log.cell[-1, :, 0]
+    due = np.flatnonzero(next_t == t)
+    if due.size == batch:  # every row is due: no gather, and the new state replaces the old
+        x_t = inputs[t] if isinstance(inputs, Tensor) else inputs(*_all_rows(t, batch, cell.device))
+        log.cell = dense(x_t, log.cell)
+        new = log.cell
+    else:
+        rows = torch.from_numpy(due).to(cell.device)
+        if isinstance(inputs, Tensor):
+            x_t = inputs[t].index_select(0, rows)
+        else:
+            x_t = inputs(torch.full_like(rows, t), rows)
+        new = stack_step(module.cell, layers, x_t, log.cell.index_select(1, rows))
+        log.cell.index_copy_(1, rows, new)
+    out[t] = log.cell[-1, :, 0]
+    delta = module.update_increment(new).double().cpu().numpy()  # (n,) Δũ of eq. 4
+    _schedule(next_t, due, t, delta, threshold)
+    log.add(t, due, None, delta)
+    return t + 1
+
+
+def _schedule(next_t: np.ndarray, rows, t: int, delta: np.ndarray, threshold: float) -> None:
+    """The next update of the rows updated at t, from their Δũ (eq. 6)."""
+    if threshold < 1 and delta.min() > threshold:  # N_skip = floor(threshold / Δũ) = 0 for every row
+        next_t[rows] = t + 1
+    else:
+        next_t[rows] = t + 1 + skip_counts(delta, threshold)
+
+
+def _window(
+    module, dense, spans: Window, x: Tensor, log: UpdateLog, t: int, length: int, out, next_t, threshold
+) -> int:
+    """A speculative dense window of ``length`` steps from t, at which every row is due.
+
+    Step i > 0 of the window is due for every row iff Δũ_{i-1} > threshold for every row
+    (after an update ũ = Δũ: eq. 5, then N_skip = 0: eq. 6), Δũ from the top layer's state
+    after step i-1 (c for the LSTM, so its window is ``speculate.stepwise``). The accepted steps are
+    logged as updates of every row; the last one's Δũ schedules each row's next update.
+    Returns the new end of the written outputs.
+    """
+    every = np.arange(log.cell.shape[1])
+    seen: dict[str, list[Tensor]] = {"delta": []}
+
+    def check(tops: Tensor) -> Tensor:
+        delta = module.update_increment(flat(tops)).view(tops.shape[:2]).double()  # (k, B)
+        seen["delta"].append(delta)
+        due = delta.gt(threshold).all(1) if threshold < 1 else torch.zeros_like(delta[:, 0], dtype=torch.bool)
+        return torch.cat([due.new_ones(1), due[:-1]])  # step 0 is due for every row
+
+    def next_ok(hx: list[Tensor]) -> bool:  # the LSTM: Δũ from the top layer's c
+        delta = module.update_increment(hx[-1][-1:].unsqueeze(2)).double()  # (B,)
+        seen["delta"].append(delta.unsqueeze(0))
+        return threshold < 1 and bool(delta.gt(threshold).all())
+
+    xs = x[t : t + length]
+    if dense.parts == 2:
+        outs, accepted, log.cell = stepwise(dense, xs, log.cell, next_ok)
+    else:
+        outs, accepted, log.cell = window(dense, xs, log.cell, check)
+    deltas = torch.cat(seen["delta"])[:accepted].cpu().numpy()
+    spans.record(length, accepted)
+    out[t : t + accepted] = outs[:accepted]
+    for i in range(accepted):
+        log.add(t + i, every, None, deltas[i])
+    _schedule(next_t, every, t + accepted - 1, deltas[-1], threshold)
+    return t + accepted
 
 
 def _run_single(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold: float) -> UpdateLog:

@@ -5,7 +5,8 @@ and all of x_t (METHODS.md §3). With the weights stored neuron-major (``weights
 the rows needed are the first ``G·d`` of each matrix and the columns of W_hh the first d, so a
 step is two products with strided sub-matrices, no copy of the weights. In a batch the blocks
 are copied gate-major once per call and d where that is cheap (``SubMatrices``), and a step at
-which every row has d_t = D is one ATen RNN call (``aten_step``).
+which every row has d_t = D is one ATen RNN call (``aten_step``), or the start of a
+speculative window of such steps in one call (``speculate``).
 
 At batch 1 (float32 or float64 on the CPU) the whole loop of a layer runs in C
 (``native.vc_layer``), computing the same blocks.
@@ -26,6 +27,7 @@ from ..layer import RecurrentState, Stats, valid_float
 from ..methods.vc import active_dims
 from . import native
 from .aten_step import AtenStep
+from .speculate import StepThreads, Window, step_macs, window
 from .weights import gate_major, neuron_major, project, transposed
 
 
@@ -78,32 +80,73 @@ def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMat
     ms, ds = layer_in.new_empty(seq_len, batch), layer_in.new_empty(seq_len, batch)
     dense = AtenStep(module, range(layer, layer + 1))
     state = s  # the rows' state, replaced by each full step's output, copied back into s at the end
-    for t in range(seq_len):
-        m = torch.sigmoid(state[:, 0] @ u + x_score[t] + b)  # (B,) m_t
-        if scale != 1.0:
-            m = (m * scale).clamp(max=1.0)
-        d = active_dims(m, size)  # (B,)
-        if valid is not None:
-            d = torch.where(valid[t], d, 0)
-        low, top = torch.stack(torch.aminmax(d)).tolist()  # one host read
-        if top == size and low == top:  # every row updates every dimension: a dense step
-            state = dense(layer_in[t], state.unsqueeze(0))[0]
-        elif top:
-            mixed = low != top
-            h = state[:, 0, :top]
-            if mixed:
-                keep = dims[:top] < d.unsqueeze(1)  # (B, top) dimensions each row updates
-                h = h * keep
-            gx, gh = blocks.products(top, layer_in[t], h)  # (B, G*top) each, gate-major
-            new = native.pointwise(module.cell, gx, gh, state[:, :, :top])  # (B, K, top)
-            if mixed:
-                new = torch.where(keep.unsqueeze(1), new, state[:, :, :top])
-            state[:, :, :top] = new
-        out[t] = state[:, 0]
-        ms[t], ds[t] = m, d
+    spans, t = Window(), 0
+    with StepThreads(step_macs(module, batch), layer_in.device) as threads:
+        while t < seq_len:
+            m = torch.sigmoid(state[:, 0] @ u + x_score[t] + b)  # (B,) m_t
+            if scale != 1.0:
+                m = (m * scale).clamp(max=1.0)
+            d = active_dims(m, size)  # (B,)
+            if valid is not None:
+                d = torch.where(valid[t], d, 0)
+            low, top = torch.stack(torch.aminmax(d)).tolist()  # one host read
+            full = top == size and low == top  # every row updates every dimension
+            steps = spans.length(seq_len - t) if full else 0
+            if steps >= 2:  # try a dense window from t
+                with threads.wide():
+                    inputs = (layer_in, x_score, valid, u, b)
+                    t, state = _window(dense, spans, inputs, (out, ms, ds), t, steps, state, m)
+                continue
+            if full:  # a dense step
+                state = dense(layer_in[t], state.unsqueeze(0))[0]
+            elif top:
+                mixed = low != top
+                h = state[:, 0, :top]
+                if mixed:
+                    keep = dims[:top] < d.unsqueeze(1)  # (B, top) dimensions each row updates
+                    h = h * keep
+                gx, gh = blocks.products(top, layer_in[t], h)  # (B, G*top) each, gate-major
+                new = native.pointwise(module.cell, gx, gh, state[:, :, :top])  # (B, K, top)
+                if mixed:
+                    new = torch.where(keep.unsqueeze(1), new, state[:, :, :top])
+                state[:, :, :top] = new
+            out[t] = state[:, 0]
+            ms[t], ds[t] = m, d
+            t += 1
     if state is not s:
         s.copy_(state)
     return out, ms, ds
+
+
+def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: int, s: Tensor, first) -> tuple:
+    """A speculative dense window of ``steps`` steps from t, at which every row has d_t = D
+    (``first``: m_t (B,), computed before).
+
+    Step i > 0 of the window is dense iff m from h_{i-1} (the window's own output) gives
+    d = D for every valid row. Writes the accepted steps' out, m and d into ``results``;
+    returns the next step and the state there (B, K, D).
+    """
+    layer_in, x_score, valid, u, b = inputs
+    out, ms, ds = results
+    module = dense.module
+    size, scale = module.hidden_size, float(module.options["scale"])
+    later = slice(t + 1, t + steps)  # the steps decided from the window's own states
+    seen: dict[str, Tensor] = {}
+
+    def check(tops: Tensor) -> Tensor:
+        m = torch.sigmoid(tops[:-1, :, 0] @ u + x_score[later] + b)  # (k-1, B) from h_{i-1}
+        if scale != 1.0:
+            m = (m * scale).clamp(max=1.0)
+        seen["m"] = torch.cat([first.unsqueeze(0), m])  # step t's m_t: computed before
+        d = active_dims(m, size)
+        full = d.eq(size) if valid is None else d.eq(size) & valid[later]
+        return torch.cat([full.new_ones(1), full.all(1)])
+
+    outs, accepted, state = window(dense, layer_in[t : t + steps], s.unsqueeze(0), check)
+    spans.record(steps, accepted)
+    done = slice(t, t + accepted)
+    out[done], ms[done], ds[done] = outs[:accepted], seen["m"][:accepted], size  # d_t = D at accepted steps
+    return t + accepted, state[0]
 
 
 class SubMatrices:
