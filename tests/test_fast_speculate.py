@@ -147,6 +147,23 @@ def test_step_threads_scope(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_skip_lstm_one_step_windows_keep_the_loops_one_thread(monkeypatch):
+    """The LSTM's Skip windows are one-step calls (``stepwise``): they run at the loop's one
+    thread, not at the caller's count as whole-sequence windows do."""
+    before, seen = torch.get_num_threads(), set()
+    original = ar.fast.skip.stepwise
+    monkeypatch.setattr(
+        "adaptrnn.fast.skip.stepwise", lambda *a, **k: seen.add(torch.get_num_threads()) or original(*a, **k)
+    )
+    try:
+        torch.set_num_threads(2)
+        counts, _ = run(module_at("skip", "lstm", 1, torch.float64, 8.0), torch.float64, None)
+        assert counts.get("windows") and seen == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_skip_features_callable_takes_no_window():
     """With a features callable only updating steps may be requested, so no window runs (none would
     read steps that end up skipped), and the result is the tensor path's."""

@@ -17,6 +17,7 @@ this path multiplies, so a decision can differ only when k·Δũ lies within rou
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -160,7 +161,8 @@ def _run_batch(
             if length >= 2:  # every row is due at t: try a dense window from t
                 if t > filled:
                     out[filled:t] = log.cell[-1, :, 0]
-                with threads.wide():
+                # the LSTM's windows are one-step calls: they keep the loop's thread count
+                with threads.wide() if dense.parts != 2 else contextlib.nullcontext():
                     filled = _window(module, dense, spans, inputs, log, t, length, out, next_t, threshold)
                 next_t[next_t >= ends] = np.inf
                 t = next_t.min()
