@@ -149,23 +149,24 @@ STABILITY_FREQUENCY = {**ONE_THREAD, "batch_size": "128", "eval_every": "250", "
 STABILITY_SA = {**ONE_THREAD, "batch_size": "128", "eval_every": "100", "log_every": "20", "slope_epoch_steps": "10"}
 
 
-def lr_arms(steps: int, names: tuple[str, ...] = ("1e-4", "1e-3", "1e-3to1e-4")) -> dict[str, dict[str, str]]:
+def lr_arms(steps: int, names: tuple[str, ...] = ("lr1e-4", "lr1e-3", "anneal")) -> dict[str, dict[str, str]]:
     """The lr settings compared, by folder suffix: constant 1e-4 or 1e-3, or 1e-3 held for 30% of
-    the steps and then annealed to 1e-4 (``lr_final``)."""
+    the steps and then annealed to 1e-4 (``lr_final``). No suffix is a prefix of another, so
+    ``--only`` can pick one arm."""
     arms = {
-        "1e-4": {"lr": "1e-4"},
-        "1e-3": {"lr": "1e-3"},
-        "1e-3to1e-4": {"lr": "1e-3", "lr_final": "1e-4", "lr_decay_start": str(steps * 3 // 10)},
+        "lr1e-4": {"lr": "1e-4"},
+        "lr1e-3": {"lr": "1e-3"},
+        "anneal": {"lr": "1e-3", "lr_final": "1e-4", "lr_decay_start": str(steps * 3 // 10)},
     }
     return {name: arms[name] for name in names}
 
 
 def stability_rows(config: str, steps: int, base: dict[str, str], axes: dict[str, tuple[str, ...]], **lr) -> list[Row]:
-    """``variants`` of ``config`` over ``axes``, each at every lr arm (folder ``..._lr<arm>``)."""
+    """``variants`` of ``config`` over ``axes``, each at every lr arm (folder ``..._<arm>``)."""
     rows = []
     for arm, lr_overrides in lr_arms(steps, **lr).items():
         for row in variants(config, axes, seeds=(0, 1), steps=steps, overrides={**base, **lr_overrides}):
-            rows.append(Row(row.config, row.seeds, row.steps, row.overrides, name=f"{row.name}_lr{arm}"))
+            rows.append(Row(row.config, row.seeds, row.steps, row.overrides, name=f"{row.name}_{arm}"))
     return rows
 
 
@@ -177,7 +178,7 @@ STABILITY: list[Row] = [
         2000,
         STABILITY_FREQUENCY,
         {"graph": ("paper-carried",)},
-        names=("1e-3",),
+        names=("lr1e-3",),
     ),
     # α = min(5, 1 + 0.04·epoch) with 10-step epochs reaches 5 at step 1,000, the last.
     *stability_rows(
@@ -185,6 +186,6 @@ STABILITY: list[Row] = [
         1000,
         STABILITY_SA,
         {"detach_gate_state": ("false", "true")},
-        names=("1e-4", "1e-3"),
+        names=("lr1e-4", "lr1e-3"),
     ),
 ]
