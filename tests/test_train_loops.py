@@ -69,6 +69,21 @@ def weighted_loss(out: Tensor, cost: Tensor) -> Tensor:
     return (out * torch.linspace(-1, 1, out.numel(), dtype=DTYPE).view_as(out)).sum() + cost
 
 
+def check_against_written_out(m, written_out, padded: bool) -> tuple:
+    """Run ``m`` from a random state on a random float64 batch and compare its output, final state
+    and cost with ``written_out(m, x, s0, valid)``; returns (x, s0, out, stats, valid, its values)."""
+    x = random_input().requires_grad_(True)
+    s0 = random_cell(m).requires_grad_(True)
+    lengths = LENGTHS if padded else torch.full((B,), T)
+    valid = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
+    out, final, stats = m(x, state=ar.RecurrentState(s0), lengths=lengths if padded else None)
+    want = want_out, want_final, want_cost, _ = written_out(m, x, s0, valid)
+    torch.testing.assert_close(out, want_out * valid.unsqueeze(-1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final.cell, want_final, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(stats.cost, want_cost, rtol=1e-12, atol=1e-12)
+    return x, s0, out, stats, valid, want
+
+
 @pytest.mark.parametrize("options", [{}, {"detach_gate_state": True, "threshold": 0.6}, {"bias": False}])
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 @pytest.mark.parametrize("num_layers", [1, 2])
@@ -76,16 +91,7 @@ def weighted_loss(out: Tensor, cost: Tensor) -> Tensor:
 def test_sa_loop_equals_the_written_out_method(cell: str, num_layers: int, padded: bool, options: dict) -> None:
     m = make_module("sa", cell, num_layers=num_layers, budget=0.2, **options).train()
     m.set_slope(1.7)
-    x = random_input().requires_grad_(True)
-    s0 = random_cell(m).requires_grad_(True)
-    lengths = LENGTHS if padded else torch.full((B,), T)
-    valid = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
-
-    out, final, stats = m(x, state=ar.RecurrentState(s0), lengths=lengths if padded else None)
-    want_out, want_final, want_cost, want_u = sa_written_out(m, x, s0, valid)
-    torch.testing.assert_close(out, want_out * valid.unsqueeze(-1), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(final.cell, want_final, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(stats.cost, want_cost, rtol=1e-12, atol=1e-12)
+    x, s0, out, stats, valid, (want_out, _, want_cost, want_u) = check_against_written_out(m, sa_written_out, padded)
     assert torch.equal(stats.extras["neuron_updates"], want_u.transpose(0, 1))
     assert (want_u[valid] == 0).any() and (want_u[valid] == 1).any(), "both decisions exercised"
 
@@ -135,16 +141,7 @@ def vc_written_out(m: ar.VCRNN, x: Tensor, s0: Tensor, valid: Tensor) -> tuple[T
 @pytest.mark.parametrize("cell", CELLS)
 def test_vc_loop_equals_the_written_out_method(cell: str, num_layers: int, padded: bool, options: dict) -> None:
     m = make_module("vc", cell, num_layers=num_layers, penalty=0.7, target=0.4, **options).train()
-    x = random_input().requires_grad_(True)
-    s0 = random_cell(m).requires_grad_(True)
-    lengths = LENGTHS if padded else torch.full((B,), T)
-    valid = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
-
-    out, final, stats = m(x, state=ar.RecurrentState(s0), lengths=lengths if padded else None)
-    want_out, want_final, want_cost, want_m = vc_written_out(m, x, s0, valid)
-    torch.testing.assert_close(out, want_out * valid.unsqueeze(-1), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(final.cell, want_final, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(stats.cost, want_cost, rtol=1e-12, atol=1e-12)
+    x, s0, out, stats, valid, (want_out, _, want_cost, want_m) = check_against_written_out(m, vc_written_out, padded)
     if num_layers == 1:
         torch.testing.assert_close(stats.extras["scheduler"], (want_m.detach() * valid).t(), rtol=1e-12, atol=1e-12)
 

@@ -80,7 +80,7 @@ def load_run(
     names = ("best", "last") if checkpoint is None else (checkpoint,)
     folder = next((run_dir / CHECKPOINTS / n for n in names if (run_dir / CHECKPOINTS / n).is_dir()), None)
     if folder is None:
-        raise ConfigError(f"{run_dir} has no {checkpoint or ''} checkpoint".replace("  ", " "))
+        raise ConfigError(f"{run_dir} has no {checkpoint + ' ' if checkpoint else ''}checkpoint")
     load_weights(folder / "model.safetensors", model)
     return model.eval(), task, config, dev, folder
 

@@ -17,7 +17,6 @@ this path multiplies, so a decision can differ only when k·Δũ lies within rou
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -161,9 +160,7 @@ def _run_batch(
             if length >= 2:  # every row is due at t: try a dense window from t
                 if t > filled:
                     out[filled:t] = log.cell[-1, :, 0]
-                # the LSTM's windows are one-step calls: they keep the loop's thread count
-                with threads.wide() if dense.parts != 2 else contextlib.nullcontext():
-                    filled = _window(module, dense, spans, inputs, log, t, length, out, next_t, threshold)
+                filled = _window(module, dense, spans, inputs, log, t, length, out, next_t, threshold, threads)
                 next_t[next_t >= ends] = np.inf
                 t = next_t.min()
                 continue
@@ -213,7 +210,7 @@ def _schedule(next_t: np.ndarray, rows, t: int, delta: np.ndarray, threshold: fl
 
 
 def _window(
-    module, dense, spans: Window, x: Tensor, log: UpdateLog, t: int, length: int, out, next_t, threshold
+    module, dense, spans: Window, x: Tensor, log: UpdateLog, t: int, length: int, out, next_t, threshold, threads
 ) -> int:
     """A speculative dense window of ``length`` steps from t, at which every row is due.
 
@@ -241,7 +238,8 @@ def _window(
     if dense.parts == 2:
         outs, accepted, log.cell = stepwise(dense, xs, log.cell, next_ok)
     else:
-        outs, accepted, log.cell = window(dense, xs, log.cell, check)
+        with threads.wide():  # one whole-sequence call; the LSTM's one-step calls keep one thread
+            outs, accepted, log.cell = window(dense, xs, log.cell, check)
     deltas = torch.cat(seen["delta"])[:accepted].cpu().numpy()
     spans.record(length, accepted)
     out[t : t + accepted] = outs[:accepted]
