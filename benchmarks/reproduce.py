@@ -280,7 +280,12 @@ def run_row(
     """Train one (row, seed) unless its result exists, resuming a partial run; test its last
     checkpoint too; copy its light files. ``collect``: train nothing, only finish done runs."""
     out = runs_dir / folder / row.folder / f"s{seed}"
+    dest = results / "runs" / folder / row.folder / f"s{seed}"
     state = run_state(out)
+    if not out.exists() and (dest / "result.json").is_file():
+        # finished elsewhere (its checkpoints are not committed): the committed result stands
+        print(f"[committed] {dest}", flush=True)
+        return out
     cmd = train_command(row, seed, out, state)
     print(f"[{state}] " + " ".join(cmd[1:]), flush=True)
     if dry or (collect and state != "done"):
@@ -293,7 +298,6 @@ def run_row(
             print(f"FAILED (exit {code}): {out}", flush=True)
             return out  # a diverged run (exit 1) still has a result: its best checkpoint's
     write_last_result(out)
-    dest = results / "runs" / folder / row.folder / f"s{seed}"
     dest.mkdir(parents=True, exist_ok=True)
     for name in LIGHT_FILES:
         if (out / name).is_file():

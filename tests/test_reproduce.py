@@ -116,6 +116,10 @@ def test_resumable_campaign_skips_resumes_and_restarts(tmp_path, monkeypatch):
     assert len(calls) == 2 and "--resume" not in calls[1] and "graph=paper" in calls[1]
     assert reproduce.run_state(b) == "done"
 
+    # a clone holds the committed results but not the run folders: nothing is trained again
+    reproduce.run_plan(plan, tmp_path / "fresh_clone_runs", "p/", results=results)
+    assert len(calls) == 2 and not (tmp_path / "fresh_clone_runs").exists()
+
 
 def test_tables_gain_penalty_lr_checkpoint_and_collapse_columns(tmp_path):
     plan, results = tiny_plan(tmp_path), tmp_path / "results"
