@@ -14,6 +14,7 @@ from adaptrnn import dispatch
 I, D, T, B = 3, 8, 16, 5
 DTYPE = torch.float64
 
+
 def test_methods_do_not_import_the_fast_paths():
     """Dependencies run one way: ``adaptrnn.methods`` never imports ``adaptrnn.fast`` (``adaptrnn.dispatch``)."""
     files = list((Path(ar.__file__).parent / "methods").glob("*.py"))

@@ -405,4 +405,3 @@ def test_dial_sweeps_the_knob_and_writes_csv_and_plot(tiny_runs, capsys):
     assert "threshold=0.9" in capsys.readouterr().out
     assert cli.main(["dial", "--run", str(tiny_runs / "gru")]) == 2  # a dense model has no knob
     assert "no compute knob" in capsys.readouterr().err
-

@@ -57,14 +57,14 @@ def initial(m: ar.SkipRNN, batch: int) -> list[tuple[Tensor, ...]]:
     return [tuple(parts[layer, :, k] for k in range(m.state_parts)) for layer in range(m.num_layers)]
 
 
-def official(m: ar.SkipRNN, x: Tensor) -> tuple[Tensor, Tensor]:
+def official(m: ar.SkipRNN, x: Tensor, binary_round=st_round) -> tuple[Tensor, Tensor]:
     """The official TF cell's recurrence: state (s, Δũ_prev, cum_prev), ũ formed at the step's start."""
     state = initial(m, x.shape[1])
     delta, cum_prev = x.new_ones(x.shape[1]), x.new_zeros(x.shape[1])
     outs, gates = [], []
     for x_t in x:
         cum = cum_prev + torch.minimum(delta, 1 - cum_prev)
-        u = st_round(cum)
+        u = binary_round(cum)
         cand = candidate_stack(m, x_t, state)
         delta = u * increment(m, cand) + (1 - u) * delta  # from the candidate, carried when skipping
         cum_prev = u * 0.0 + (1 - u) * cum
@@ -187,3 +187,61 @@ def test_fast_inference_matches_each_graph(graph: str) -> None:
     assert torch.equal(fast[2].updates, ref[2].updates)
     for k in ref[1].extras:
         assert torch.allclose(fast[1].extras[k], ref[1].extras[k], atol=1e-12, rtol=0), k
+
+
+class ClampedRound(torch.autograd.Function):
+    """round(p) forward; backward passes the incoming gradient clamped to [-c, c]."""
+
+    @staticmethod
+    def forward(ctx, p: Tensor, c: float) -> Tensor:
+        ctx.c = c
+        return torch.round(p)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad.clamp(-ctx.c, ctx.c), None
+
+
+def gate_gradient_magnitudes(m: ar.SkipRNN, x: Tensor) -> Tensor:
+    """|d loss / d u_t| of every gate decision in the official reference, unclamped."""
+    seen = []
+
+    def recording_round(p: Tensor) -> Tensor:
+        u = st_round(p)
+        if u.requires_grad:  # not the forced first update
+            u.register_hook(lambda g: seen.append(g.abs()))
+        return u
+
+    gradients(m, x, lambda m, x: official(m, x, recording_round))
+    return torch.cat(seen)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gate_grad_clip_bounds_the_straight_through_gradient(cell: str) -> None:
+    x = random_input(B, 3 * T)
+    bound = float(gate_gradient_magnitudes(lively_skip(cell, 2, "official", budget=0.3), x).median())
+    m = lively_skip(cell, 2, "official", budget=0.3, gate_grad_clip=bound)
+    out, gates, got = module_gradients(m, x)
+    ref_out, ref_gates, want = gradients(m, x, lambda m, x: official(m, x, lambda p: ClampedRound.apply(p, bound)))
+    _, _, unclamped = module_gradients(lively_skip(cell, 2, "official", budget=0.3), x)
+    assert torch.allclose(out, ref_out, atol=1e-12, rtol=0) and torch.equal(gates, ref_gates)
+    for name, value in want.items():
+        assert torch.allclose(got[name], value, atol=1e-10, rtol=1e-8), f"{cell}: d loss / d {name}"
+    # the median bound binds on half the decisions, so the gate learns differently
+    diff = (got["update_weight"] - unclamped["update_weight"]).norm() / unclamped["update_weight"].norm()
+    assert diff > 1e-3
+
+
+def test_gate_grad_clip_that_never_binds_changes_nothing() -> None:
+    x = random_input(B, 3 * T)
+    plain = module_gradients(lively_skip("lstm", 1, "official", budget=0.3), x)
+    loose = module_gradients(lively_skip("lstm", 1, "official", budget=0.3, gate_grad_clip=1e30), x)
+    assert torch.equal(plain[0], loose[0]) and torch.equal(plain[1], loose[1])
+    for name, value in plain[2].items():
+        assert torch.equal(loose[2][name], value), name
+
+
+def test_bad_gate_grad_clip_is_refused() -> None:
+    for bad in (0, -1.0, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="SkipRNN: gate_grad_clip must be None or a finite number > 0"):
+            ar.SkipRNN("gru", I, D, gate_grad_clip=bad)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -26,6 +26,7 @@ class Rule:
 
     kind: "number" (a finite real; ints accepted), "int" (an integral number, not bool),
         "bool", "str", "choice" (one of ``choices``) or "optional_bool" (None, True or False).
+    optional: None is allowed too (a number option that can be off).
     low, high: bounds of a number; ``low_open``/``high_open`` exclude the bound itself.
     """
 
@@ -35,9 +36,12 @@ class Rule:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[str, ...] = ()
+    optional: bool = False
 
     def allowed(self) -> str:
         """The allowed values in words, e.g. ``in [0, 1)`` or ``a finite number >= 0``."""
+        if self.optional:
+            return "None or " + replace(self, optional=False).allowed()
         if self.kind == "bool":
             return "True or False"
         if self.kind == "optional_bool":
@@ -56,6 +60,8 @@ class Rule:
         return what
 
     def accepts(self, value: Any) -> bool:
+        if self.optional and value is None:
+            return True
         if self.kind == "bool":
             return isinstance(value, bool)
         if self.kind == "optional_bool":
@@ -108,6 +114,8 @@ RULES: dict[str | tuple[str, str], Rule] = {
     "impl": Rule("choice", choices=("auto", "reference", "fast")),
     # Skip: the straight-through gradient graph (methods/skip.py); SA: the gate's init and graph.
     "graph": Rule("choice", choices=("official", "paper-carried", "paper")),
+    # Skip: the bound on the straight-through gradient at the binary gate; None leaves it unbounded.
+    "gate_grad_clip": Rule("number", low=0.0, low_open=True, optional=True),
     "gate_init": Rule("choice", choices=("official", "open")),
     "detach_gate_state": Rule("bool"),
 }

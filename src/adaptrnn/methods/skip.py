@@ -13,8 +13,14 @@ from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_floa
 from ..options import RULES
 
 
-def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
-    """``hard`` in the forward pass, gradient of the identity to ``soft`` (eq. 7)."""
+def straight_through(hard: Tensor, soft: Tensor, clip: float | None = None) -> Tensor:
+    """``hard`` in the forward pass, gradient of the identity to ``soft`` (eq. 7).
+
+    clip: if given, the gradient passed to ``soft`` is clamped elementwise to [-clip, clip].
+    """
+    if clip is not None and soft.requires_grad:
+        soft = soft.clone()  # the hook must see the gradient of u alone, not soft's other uses
+        soft.register_hook(lambda grad: grad.clamp(-clip, clip))
     return soft + (hard - soft).detach()
 
 
@@ -61,6 +67,12 @@ class SkipRNN(RecurrentBase):
               the gated state (when skipping s_t = s_{t−1}, so the value is the carried one), and
               eq. 5 as written. A hand-made state whose ``delta_prob`` is not σ(W_p s + b_p) is
               the one case where this form's values differ: it never reads ``delta_prob``.
+        gate_grad_clip: None (default, as the paper) or a bound c > 0 on the gradient that the
+            straight-through estimator passes from u_t to ũ_t, clamped elementwise to [-c, c].
+            Forward values do not change. The gate feeds back into the state (eq. 3: ∂s_t/∂u_t =
+            s̃_t − s_{t−1}) and the state into the gate (eq. 4), a loop the backward pass
+            multiplies over every update; the bound caps what each pass of the loop carries
+            (docs/stability.md measures it).
 
     Parameters beyond ``torch.nn``'s: ``update_weight`` (D,) and ``update_bias`` () of eq. 4
     (bias initialised to 1), and the learned initial state ``initial_cell`` (L, K, D).
@@ -73,7 +85,14 @@ class SkipRNN(RecurrentBase):
     Full computation: u_t = 1 at every step.
     """
 
-    OPTIONS = {"budget": 0.0, "stochastic": False, "threshold": 0.5, "impl": "auto", "graph": "official"}
+    OPTIONS = {
+        "budget": 0.0,
+        "stochastic": False,
+        "threshold": 0.5,
+        "impl": "auto",
+        "graph": "official",
+        "gate_grad_clip": None,
+    }
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
         super().__init__(cell, input_size, hidden_size, num_layers, **kw)
@@ -104,7 +123,7 @@ class SkipRNN(RecurrentBase):
             hard = torch.bernoulli(update_prob.detach())
         else:
             hard = (update_prob > self.options["threshold"]).to(update_prob.dtype)
-        return straight_through(hard, update_prob)
+        return straight_through(hard, update_prob, self.options["gate_grad_clip"])
 
     def next_probability(
         self, u: Tensor, candidate: Tensor, new_cell: Tensor, update_prob: Tensor, delta_prob: Tensor
