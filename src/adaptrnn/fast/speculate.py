@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .aten_step import AtenStep
 
-COUNTS: Counter[str] = Counter()  # "windows", "steps" (accepted), "failed"
+COUNTS: Counter[str] = Counter()  # "windows", "steps" (accepted), "failed"; "recovered", "stepwise" (LSTM)
 
 
 class Window:
@@ -76,7 +76,7 @@ class Window:
             self.penalty = min(2 * self.penalty, self.MAX_PAUSE)
 
 
-# (k, n, 1, D) the top layer's h after each window step
+# (k, n, P, D) the top layer's state after each window step (h: P = 1; h and c: P = 2, LstmWindow)
 # -> (k,) bool: whether every row computes everything at that step, given the steps before it did.
 Check = Callable[[Tensor], Tensor]
 
@@ -107,6 +107,7 @@ def stepwise(dense: AtenStep, xs: Tensor, s: Tensor, next_ok: Callable[[list[Ten
     each (L, n, D)) saying whether the next step computes everything; stops after the first that
     does not, so no step is wasted. Same returns as :func:`window`, outs only for accepted steps.
     """
+    COUNTS["stepwise"] += 1
     hx = [s[:, :, k].contiguous() for k in range(dense.parts)]
     tops = []
     for i in range(xs.shape[0]):
@@ -115,6 +116,71 @@ def stepwise(dense: AtenStep, xs: Tensor, s: Tensor, next_ok: Callable[[list[Ten
         if not next_ok(hx):
             break
     return torch.stack(tops), len(tops), torch.stack(hx, dim=2)
+
+
+class LstmWindow:
+    """Whole-sequence windows for an LSTM stack whose decisions read the top layer's c.
+
+    ATen's whole-sequence call returns h at every step but c only after the last. c is
+    recovered without a second recurrence of products: h_{t-1} is known at every step (the
+    state before the window, then the outputs), so the gates i, f, g of all k steps are ONE
+    product of [x_t, h_{t-1}] with the top layer's weights, and c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+    is an element-wise scan (k ``addcmul`` calls; the o gate is not needed for c, so 3/4 of the
+    gate rows). The recovered c differs from the kernel's own only by rounding.
+
+    The stack runs as two calls, the layers below the top (one multi-layer call, for L > 1)
+    and the top layer: the lower stack's output sequence is the top layer's input, the one
+    thing the recovery needs besides the top layer's own outputs. Not one call per layer: ATen
+    runs a stack layer by layer anyway (each layer's whole sequence before the next), so the
+    split adds one call's overhead and no work, and the lower layers' c is needed only when a
+    window fails after its first step, where the accepted steps of the lower stack run again
+    (one call), as :func:`window` does for stacks.
+    """
+
+    CHUNK_ROWS = 2048  # rows (steps · batch) per gate product: the chunk's gates stay in cache
+
+    def __init__(self, module) -> None:
+        layers = module.num_layers
+        self.lower = AtenStep(module, range(layers - 1)) if layers > 1 else None
+        self.top = AtenStep(module, range(layers - 1, layers))
+        params, rows = self.top.params, 3 * module.hidden_size  # i, f, g of ATen's order i, f, g, o
+        self.weight = torch.cat([params[0][:rows], params[1][:rows]], 1).t().contiguous()  # (C + D, 3D)
+        self.bias = (params[2] + params[3])[:rows] if self.top.has_biases else None
+
+    def __call__(self, xs: Tensor, s: Tensor, check: Check) -> tuple[Tensor, int, Tensor]:
+        """Same arguments and returns as :func:`window` (``check`` sees h and c: P = 2)."""
+        COUNTS["recovered"] += 1
+        steps = xs.shape[0]
+        inputs, below = (xs, None) if self.lower is None else self.lower.sequence(xs, s[:-1])
+        outs, final = self.top.sequence(inputs, s[-1:])
+        tops = torch.stack([outs, self.cells(inputs, s[-1, :, 0], s[-1, :, 1], outs)], dim=2)  # (k, n, 2, D)
+        accepted = leading(check(tops))
+        if accepted == 0:
+            return outs, 0, s
+        if accepted < steps:
+            final = tops[accepted - 1].unsqueeze(0)  # the kernel's h, the recovered c
+            if below is not None:
+                below = self.lower.sequence(xs[:accepted], s[:-1])[1]
+        return outs, accepted, final if below is None else torch.cat([below, final])
+
+    def cells(self, inputs: Tensor, h0: Tensor, c0: Tensor, outs: Tensor) -> Tensor:
+        """The top layer's c after each step: inputs (k, n, C), h0 and c0 (n, D) the state
+        before the window, outs (k, n, D) its h after each step -> (k, n, D)."""
+        steps, batch, size = outs.shape
+        before = torch.cat([h0.unsqueeze(0), outs[:-1]])  # h_{t-1}
+        cells, prev = torch.empty_like(outs), c0
+        chunk = max(1, self.CHUNK_ROWS // batch)
+        for start in range(0, steps, chunk):
+            end = min(start + chunk, steps)
+            z = torch.cat([inputs[start:end], before[start:end]], 2).view((end - start) * batch, -1)
+            gates = z @ self.weight if self.bias is None else torch.addmm(self.bias, z, self.weight)
+            gates = gates.view(end - start, batch, 3, size)
+            gates[:, :, :2].sigmoid_()  # i, f
+            gates[:, :, 2].tanh_()  # g
+            ig = gates[:, :, 0].mul_(gates[:, :, 2])
+            for i in range(end - start):  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+                prev = torch.addcmul(ig[i], gates[i, :, 1], prev, out=cells[start + i])
+        return cells
 
 
 def leading(ok: Tensor) -> int:
@@ -134,6 +200,15 @@ def flat(tops: Tensor) -> Tensor:
 # (nn.LSTM) took the same time either way. Each small per-step operation hands its work to the
 # OpenMP pool and waits for it; the work does not repay the hand-off.
 STEP_THREADS_MIN_MACS = 32e6
+
+
+# Skip RNN with the LSTM: whole-sequence windows (:class:`LstmWindow`) below this many
+# multiply-adds per dense stack step of the batch, one-step calls (:func:`stepwise`) from it.
+# Recovering c recomputes 3/4 of the gate products, which at large steps cost about what the
+# whole-sequence call itself costs (MKL's product is slower than oneDNN's fused LSTM), more
+# than the one-step calls' overhead; at small steps the calls' fixed overhead dominates.
+# Set from measurements (docs/speed.md).
+LSTM_WINDOW_MAX_MACS = 4e6
 
 
 class StepThreads:
