@@ -14,12 +14,16 @@ Which states a decision reads decides what is accepted (the callers' ``check``):
 - SA-RNN and VCRNN decide step i from h_{i-1}; step 0's decision is known before the window.
 - Skip RNN: step 0 is known to be due for every row; step i > 0 is due for every row iff
   Δũ_{i-1} > threshold for every row (after an update ũ = Δũ, eq. 5), Δũ read from the top
-  layer's state after step i-1 (c for the LSTM: whole-sequence calls do not return c per
-  step, so the LSTM's window is :func:`stepwise`, one-step calls without the per-step
-  bookkeeping, stopping at the first step that leaves some row not due).
+  layer's state after step i-1. For the LSTM that is c, which whole-sequence calls do not
+  return per step: :class:`LstmWindow` recovers it (from the outputs h, one product gives
+  every step's gates, then c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t element-wise), where a dense step
+  costs fewer than ``LSTM_WINDOW_MAX_MACS`` multiply-adds; above that the recomputed product
+  costs more than it saves and the window is :func:`stepwise`, one-step calls without the
+  per-step bookkeeping, stopping at the first step that leaves some row not due.
 - ACT decides step i from the halting unit on the state after step i's first ponder step.
 A window that keeps only its first a < k steps needs the state after step a-1: from the
-outputs where a single layer's state is its h (RNN, GRU), else by running the a steps again.
+outputs where a single layer's state is its h (RNN, GRU), from h and the recovered c for an
+LSTM's top layer, else by running the a steps again (a stack's lower layers).
 
 Waste is bounded by :class:`Window`: a window starts only at a step known (or, for ACT,
 found at the previous step) to compute everything; its length doubles after each fully
@@ -28,10 +32,12 @@ failures windows are not tried for 1, 2, 4, ... (at most ``Window.MAX_PAUSE``) c
 (:func:`stepwise` windows waste nothing and need no such bound.)
 Decisions are the reference's thresholds on states that differ from its own only by
 rounding (the kernels are ``DenseRNN``'s, tested equal to the reference cells), the standard
-the one-step ATen calls of the per-step paths already meet.
+the one-step ATen calls of the per-step paths already meet. The LSTM's recovered c meets it
+too: it is the cell's own equation on the kernel's h, in a different order of rounding than
+the kernel's c (and the state after a fully accepted window is the kernel's own).
 
-``COUNTS`` counts windows and accepted steps (for the tests: a window path that silently
-falls back fails them).
+``COUNTS`` counts windows and accepted steps, and which kind the LSTM's were ("recovered",
+"stepwise"): for the tests, a window path that silently falls back fails them.
 """
 
 from __future__ import annotations
