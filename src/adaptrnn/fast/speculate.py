@@ -132,7 +132,7 @@ class LstmWindow:
     state before the window, then the outputs), so the gates i, f, g of all k steps are ONE
     product of [x_t, h_{t-1}] with the top layer's weights, and c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
     is an element-wise scan (k ``addcmul`` calls; the o gate is not needed for c, so 3/4 of the
-    gate rows). The recovered c differs from the kernel's own only by rounding.
+    gate rows, in chunks of steps). The recovered c differs from the kernel's own only by rounding.
 
     The stack runs as two calls, the layers below the top (one multi-layer call, for L > 1)
     and the top layer: the lower stack's output sequence is the top layer's input, the one
@@ -149,9 +149,13 @@ class LstmWindow:
         layers = module.num_layers
         self.lower = AtenStep(module, range(layers - 1)) if layers > 1 else None
         self.top = AtenStep(module, range(layers - 1, layers))
-        params, rows = self.top.params, 3 * module.hidden_size  # i, f, g of ATen's order i, f, g, o
-        self.weight = torch.cat([params[0][:rows], params[1][:rows]], 1).t().contiguous()  # (C + D, 3D)
-        self.bias = (params[2] + params[3])[:rows] if self.top.has_biases else None
+        params, size = self.top.params, module.hidden_size  # ATen's gate order: i, f, g, o
+        weight = torch.cat([params[0], params[1]], 1).t()  # (C + D, 4D): [x, h_{t-1}] -> gates
+        bias = params[2] + params[3] if self.top.has_biases else None
+        # Two products, [i, f] and g, so that sigmoid and tanh run on contiguous blocks (measured
+        # faster than slices of one product); the o gate is not needed for c.
+        self.weight = weight[:, : 2 * size].contiguous(), weight[:, 2 * size : 3 * size].contiguous()
+        self.bias = (None, None) if bias is None else (bias[: 2 * size], bias[2 * size : 3 * size])
 
     def __call__(self, xs: Tensor, s: Tensor, check: Check) -> tuple[Tensor, int, Tensor]:
         """Same arguments and returns as :func:`window` (``check`` sees h and c: P = 2)."""
@@ -179,13 +183,11 @@ class LstmWindow:
         for start in range(0, steps, chunk):
             end = min(start + chunk, steps)
             z = torch.cat([inputs[start:end], before[start:end]], 2).view((end - start) * batch, -1)
-            gates = z @ self.weight if self.bias is None else torch.addmm(self.bias, z, self.weight)
-            gates = gates.view(end - start, batch, 3, size)
-            gates[:, :, :2].sigmoid_()  # i, f
-            gates[:, :, 2].tanh_()  # g
-            ig = gates[:, :, 0].mul_(gates[:, :, 2])
+            i_f, g = (z @ w if b is None else torch.addmm(b, z, w) for w, b in zip(self.weight, self.bias, strict=True))
+            i_f = i_f.sigmoid_().view(end - start, batch, 2, size)
+            ig = g.tanh_().view(end - start, batch, size).mul_(i_f[:, :, 0])
             for i in range(end - start):  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
-                prev = torch.addcmul(ig[i], gates[i, :, 1], prev, out=cells[start + i])
+                prev = torch.addcmul(ig[i], i_f[i, :, 1], prev, out=cells[start + i])
         return cells
 
 
