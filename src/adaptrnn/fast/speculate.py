@@ -212,15 +212,14 @@ STEP_THREADS_MIN_MACS = 32e6
 
 # Skip RNN with the LSTM: whole-sequence windows (:class:`LstmWindow`) below this many
 # multiply-adds per dense stack step of the batch, one-step calls (:func:`stepwise`) from it.
-# Recovering c recomputes 3/4 of the gate products: on the CPU measured (one thread) that
-# product alone costs about what the whole-sequence call costs (MKL's general product against
-# oneDNN's fused LSTM, weights packed once per call), more than 50 one-step calls add over one
-# 50-step call (~0.4x) at (B, H) = (256, 110); at small steps the calls' fixed cost dominates.
-# Measured f = 1 ratios to nn.LSTM, recovered / stepwise (benchmarks/skip_lstm_windows.py,
-# docs/speed.md): 2.1 M MACs (32, 200, 1, 128) 3.2-3.8x / 4.6-4.9x; 2.4-3.2 M (B = 48, 64,
-# H = 110) equal within noise; 4.2 M (64, 200, 1, 128) 2.9x / 3.4x; 4.7 M (96, 50, 2, 110)
-# 2.8-3.1x / 2.3-2.6x; 12.6 M (256, 50, 2, 110) 2.7-2.9x / 1.7-1.9x. Not measured on a GPU.
-LSTM_WINDOW_MAX_MACS = 4.5e6
+# Recovering c recomputes 3/4 of the gate products: on the CPU measured (one thread, the
+# products in MKL) it costs 1.3-1.45x a whole nn.LSTM call (oneDNN's fused kernel), more than
+# the one-step calls add over one whole-sequence call (~0.4x) at (B, H) = (256, 110); at
+# small steps the calls' fixed cost dominates. f = 1, ratio to nn.LSTM, recovered / stepwise
+# (benchmarks/skip_lstm_windows.py --threads 1, loaded machine, CPU time): 2.1 M (32, 200, 1,
+# 128) 3.2x / 4.7x; 3.2 M (64, 50, 2, 110) 3.3x / 3.2x; 4.2 M (64, 200, 1, 128) 3.0x / 3.1x;
+# 4.7 M (96, 50, 2, 110) 3.3x / 2.7x; 12.6 M (256, 50, 2, 110) 2.8x / 2.0x. Not measured on a GPU.
+LSTM_WINDOW_MAX_MACS = 3e6
 
 
 class StepThreads:
