@@ -11,6 +11,8 @@ windows ran and failed, so a path that silently stops using them fails the f = 1
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -85,12 +87,31 @@ def run(m: ar.RecurrentBase, dtype: torch.dtype, lengths) -> tuple[dict, torch.T
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("method", ["skip", "vc", "sa", "act"])
 def test_windows_equal_the_reference(method, cell, num_layers, dtype, padded):
+    windows = sweep(method, cell, num_layers, dtype, padded)
+    if method == "skip" and cell == "lstm":  # whole-sequence windows, c recovered (LstmWindow)
+        assert windows["recovered"] == windows["windows"] > 0 and not windows["stepwise"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_skip_lstm_stepwise_windows_equal_the_reference(monkeypatch, num_layers, dtype):
+    """Above ``LSTM_WINDOW_MAX_MACS`` the Skip LSTM's windows are one-step calls (``stepwise``)."""
+    monkeypatch.setattr("adaptrnn.fast.skip.LSTM_WINDOW_MAX_MACS", 0)
+    windows = sweep("skip", "lstm", num_layers, dtype, padded=False)
+    assert windows["stepwise"] == windows["windows"] > 0 and not windows["recovered"]
+
+
+def sweep(method: str, cell: str, num_layers: int, dtype: torch.dtype, padded: bool) -> Counter:
+    """Fast vs reference along the method's sweep: the f = 1 end must run on windows that all
+    succeed, and the sweep must pass through mixed and f < 1. Returns the summed window counts."""
+    total: Counter = Counter()
     lengths = LENGTHS if padded else None
     shortest = int(LENGTHS.min()) if padded else T
     full = torch.arange(T) < (LENGTHS if padded else torch.full((B,), T)).unsqueeze(1)  # (B, T) valid steps
     kinds = set()
     for i, knob in enumerate(SWEEPS[method]):
         counts, updates = run(module_at(method, cell, num_layers, dtype, knob), dtype, lengths)
+        total.update(counts)
         if i == 0:  # f = 1: the windows carry every step where every row is valid
             assert bool(updates[full].eq(1).all())
             # ACT tries a window once a step halted every row; a last window of one step is a plain step
@@ -104,6 +125,7 @@ def test_windows_equal_the_reference(method, cell, num_layers, dtype, padded):
         if bool(updates[full].ne(1).any()):  # ACT: N(t) > 1
             kinds.add("f<1")
     assert kinds == {"mixed", "f<1"}
+    return total
 
 
 def test_window_lengths_adapt():
@@ -147,18 +169,24 @@ def test_step_threads_scope(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_skip_lstm_one_step_windows_keep_the_loops_one_thread(monkeypatch):
-    """The LSTM's Skip windows are one-step calls (``stepwise``): they run at the loop's one
-    thread, not at the caller's count as whole-sequence windows do."""
+@pytest.mark.parametrize("limit", [0, float("inf")], ids=["stepwise", "recovered"])
+def test_skip_lstm_window_threads(monkeypatch, limit):
+    """The LSTM's Skip windows of one-step calls (``stepwise``, at large steps) run at the loop's
+    one thread; its whole-sequence windows (``LstmWindow``) at the caller's count."""
     before, seen = torch.get_num_threads(), set()
-    original = ar.fast.skip.stepwise
+    monkeypatch.setattr("adaptrnn.fast.skip.LSTM_WINDOW_MAX_MACS", limit)
+    original = ar.fast.skip.stepwise, speculate.LstmWindow.__call__
     monkeypatch.setattr(
-        "adaptrnn.fast.skip.stepwise", lambda *a, **k: seen.add(torch.get_num_threads()) or original(*a, **k)
+        "adaptrnn.fast.skip.stepwise", lambda *a, **k: seen.add(torch.get_num_threads()) or original[0](*a, **k)
+    )
+    monkeypatch.setattr(
+        speculate.LstmWindow, "__call__", lambda *a, **k: seen.add(torch.get_num_threads()) or original[1](*a, **k)
     )
     try:
         torch.set_num_threads(2)
         counts, _ = run(module_at("skip", "lstm", 1, torch.float64, 8.0), torch.float64, None)
-        assert counts.get("windows") and seen == {1}
+        kind = "stepwise" if limit == 0 else "recovered"
+        assert counts.get(kind) == counts.get("windows") > 0 and seen == {1 if limit == 0 else 2}
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -26,7 +26,7 @@ from torch import Tensor
 from ..layer import RecurrentState, Stats, valid_float
 from . import native
 from .aten_step import AtenStep
-from .speculate import StepThreads, Window, flat, step_macs, stepwise, window
+from .speculate import LSTM_WINDOW_MAX_MACS, LstmWindow, StepThreads, Window, flat, step_macs, stepwise, window
 from .weights import stack_step, transposed
 
 Features = Callable[[Tensor, Tensor], Tensor]  # (steps (n,), rows (n,)) -> (n, I)
@@ -148,19 +148,22 @@ def _run_batch(
     batch = cell.shape[1]
     filled = 0  # out[:filled] is written
     spans, all_end = Window(), int(ends.min())  # every row is valid before all_end
-    with StepThreads(step_macs(module, batch), cell.device) as threads:
+    macs = step_macs(module, batch)
+    # The LSTM's windows: whole-sequence with c recovered at small steps, else one-step calls.
+    lstm = LstmWindow(module) if dense.parts == 2 and macs < LSTM_WINDOW_MAX_MACS else None
+    with StepThreads(macs, cell.device) as threads:
         t = next_t.min()
         while t < np.inf:
             t = int(t)
             length = 0
             # Windows read inputs ahead, so not from a callable (asked only for updating steps);
-            # the LSTM's (stepwise) waste nothing, so they need no adaptive length.
+            # the LSTM's stepwise ones waste nothing, so they need no adaptive length.
             if isinstance(inputs, Tensor) and (next_t == t).all():
-                length = all_end - t if dense.parts == 2 else spans.length(all_end - t)
+                length = all_end - t if dense.parts == 2 and lstm is None else spans.length(all_end - t)
             if length >= 2:  # every row is due at t: try a dense window from t
                 if t > filled:
                     out[filled:t] = log.cell[-1, :, 0]
-                filled = _window(module, dense, spans, inputs, log, t, length, out, next_t, threshold, threads)
+                filled = _window(module, dense, lstm, spans, inputs, log, t, length, out, next_t, threshold, threads)
                 next_t[next_t >= ends] = np.inf
                 t = next_t.min()
                 continue
@@ -210,14 +213,15 @@ def _schedule(next_t: np.ndarray, rows, t: int, delta: np.ndarray, threshold: fl
 
 
 def _window(
-    module, dense, spans: Window, x: Tensor, log: UpdateLog, t: int, length: int, out, next_t, threshold, threads
+    module, dense, lstm, spans: Window, x: Tensor, log: UpdateLog, t: int, length: int, out, next_t, threshold, threads
 ) -> int:
     """A speculative dense window of ``length`` steps from t, at which every row is due.
 
     Step i > 0 of the window is due for every row iff Δũ_{i-1} > threshold for every row
     (after an update ũ = Δũ: eq. 5, then N_skip = 0: eq. 6), Δũ from the top layer's state
-    after step i-1 (c for the LSTM, so its window is ``speculate.stepwise``). The accepted steps are
-    logged as updates of every row; the last one's Δũ schedules each row's next update.
+    after step i-1 (c for the LSTM: recovered by ``lstm``, a ``speculate.LstmWindow``, or, when
+    it is None, read after each of ``speculate.stepwise``'s one-step calls). The accepted steps
+    are logged as updates of every row; the last one's Δũ schedules each row's next update.
     Returns the new end of the written outputs.
     """
     every = np.arange(log.cell.shape[1])
@@ -235,11 +239,14 @@ def _window(
         return threshold < 1 and bool(delta.gt(threshold).all())
 
     xs = x[t : t + length]
-    if dense.parts == 2:
+    if dense.parts == 2 and lstm is None:
         outs, accepted, log.cell = stepwise(dense, xs, log.cell, next_ok)
     else:
-        with threads.wide():  # one whole-sequence call; the LSTM's one-step calls keep one thread
-            outs, accepted, log.cell = window(dense, xs, log.cell, check)
+        with threads.wide():  # whole-sequence calls; the LSTM's one-step calls keep one thread
+            if lstm is None:
+                outs, accepted, log.cell = window(dense, xs, log.cell, check)
+            else:
+                outs, accepted, log.cell = lstm(xs, log.cell, check)
     deltas = torch.cat(seen["delta"])[:accepted].cpu().numpy()
     spans.record(length, accepted)
     out[t : t + accepted] = outs[:accepted]

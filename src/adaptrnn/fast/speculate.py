@@ -14,12 +14,16 @@ Which states a decision reads decides what is accepted (the callers' ``check``):
 - SA-RNN and VCRNN decide step i from h_{i-1}; step 0's decision is known before the window.
 - Skip RNN: step 0 is known to be due for every row; step i > 0 is due for every row iff
   Δũ_{i-1} > threshold for every row (after an update ũ = Δũ, eq. 5), Δũ read from the top
-  layer's state after step i-1 (c for the LSTM: whole-sequence calls do not return c per
-  step, so the LSTM's window is :func:`stepwise`, one-step calls without the per-step
-  bookkeeping, stopping at the first step that leaves some row not due).
+  layer's state after step i-1. For the LSTM that is c, which whole-sequence calls do not
+  return per step: :class:`LstmWindow` recovers it (from the outputs h, one product gives
+  every step's gates, then c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t element-wise), where a dense step
+  costs fewer than ``LSTM_WINDOW_MAX_MACS`` multiply-adds; above that the recomputed product
+  costs more than it saves and the window is :func:`stepwise`, one-step calls without the
+  per-step bookkeeping, stopping at the first step that leaves some row not due.
 - ACT decides step i from the halting unit on the state after step i's first ponder step.
 A window that keeps only its first a < k steps needs the state after step a-1: from the
-outputs where a single layer's state is its h (RNN, GRU), else by running the a steps again.
+outputs where a single layer's state is its h (RNN, GRU), from h and the recovered c for an
+LSTM's top layer, else by running the a steps again (a stack's lower layers).
 
 Waste is bounded by :class:`Window`: a window starts only at a step known (or, for ACT,
 found at the previous step) to compute everything; its length doubles after each fully
@@ -28,10 +32,12 @@ failures windows are not tried for 1, 2, 4, ... (at most ``Window.MAX_PAUSE``) c
 (:func:`stepwise` windows waste nothing and need no such bound.)
 Decisions are the reference's thresholds on states that differ from its own only by
 rounding (the kernels are ``DenseRNN``'s, tested equal to the reference cells), the standard
-the one-step ATen calls of the per-step paths already meet.
+the one-step ATen calls of the per-step paths already meet. The LSTM's recovered c meets it
+too: it is the cell's own equation on the kernel's h, in a different order of rounding than
+the kernel's c (and the state after a fully accepted window is the kernel's own).
 
-``COUNTS`` counts windows and accepted steps (for the tests: a window path that silently
-falls back fails them).
+``COUNTS`` counts windows and accepted steps, and which kind the LSTM's were ("recovered",
+"stepwise"): for the tests, a window path that silently falls back fails them.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from torch import Tensor
 
 from .aten_step import AtenStep
 
-COUNTS: Counter[str] = Counter()  # "windows", "steps" (accepted), "failed"
+COUNTS: Counter[str] = Counter()  # "windows", "steps" (accepted), "failed"; "recovered", "stepwise" (LSTM)
 
 
 class Window:
@@ -76,7 +82,7 @@ class Window:
             self.penalty = min(2 * self.penalty, self.MAX_PAUSE)
 
 
-# (k, n, 1, D) the top layer's h after each window step
+# (k, n, P, D) the top layer's state after each window step (h: P = 1; h and c: P = 2, LstmWindow)
 # -> (k,) bool: whether every row computes everything at that step, given the steps before it did.
 Check = Callable[[Tensor], Tensor]
 
@@ -107,6 +113,7 @@ def stepwise(dense: AtenStep, xs: Tensor, s: Tensor, next_ok: Callable[[list[Ten
     each (L, n, D)) saying whether the next step computes everything; stops after the first that
     does not, so no step is wasted. Same returns as :func:`window`, outs only for accepted steps.
     """
+    COUNTS["stepwise"] += 1
     hx = [s[:, :, k].contiguous() for k in range(dense.parts)]
     tops = []
     for i in range(xs.shape[0]):
@@ -115,6 +122,73 @@ def stepwise(dense: AtenStep, xs: Tensor, s: Tensor, next_ok: Callable[[list[Ten
         if not next_ok(hx):
             break
     return torch.stack(tops), len(tops), torch.stack(hx, dim=2)
+
+
+class LstmWindow:
+    """Whole-sequence windows for an LSTM stack whose decisions read the top layer's c.
+
+    ATen's whole-sequence call returns h at every step but c only after the last. c is
+    recovered without a second recurrence of products: h_{t-1} is known at every step (the
+    state before the window, then the outputs), so the gates i, f, g of all k steps are ONE
+    product of [x_t, h_{t-1}] with the top layer's weights, and c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+    is an element-wise scan (k ``addcmul`` calls; the o gate is not needed for c, so 3/4 of the
+    gate rows, in chunks of steps). The recovered c differs from the kernel's own only by rounding.
+
+    The stack runs as two calls, the layers below the top (one multi-layer call, for L > 1)
+    and the top layer: the lower stack's output sequence is the top layer's input, the one
+    thing the recovery needs besides the top layer's own outputs. Not one call per layer: ATen
+    runs a stack layer by layer anyway (each layer's whole sequence before the next), so the
+    split adds one call's overhead and no work, and the lower layers' c is needed only when a
+    window fails after its first step, where the accepted steps of the lower stack run again
+    (one call), as :func:`window` does for stacks.
+    """
+
+    CHUNK_ROWS = 512  # rows (steps · batch) per gate product: the chunk's gates stay in cache (measured)
+
+    def __init__(self, module) -> None:
+        layers = module.num_layers
+        self.lower = AtenStep(module, range(layers - 1)) if layers > 1 else None
+        self.top = AtenStep(module, range(layers - 1, layers))
+        params, size = self.top.params, module.hidden_size  # ATen's gate order: i, f, g, o
+        weight = torch.cat([params[0], params[1]], 1).t()  # (C + D, 4D): [x, h_{t-1}] -> gates
+        bias = params[2] + params[3] if self.top.has_biases else None
+        # Two products, [i, f] and g, so that sigmoid and tanh run on contiguous blocks (measured
+        # faster than slices of one product); the o gate is not needed for c.
+        self.weight = weight[:, : 2 * size].contiguous(), weight[:, 2 * size : 3 * size].contiguous()
+        self.bias = (None, None) if bias is None else (bias[: 2 * size], bias[2 * size : 3 * size])
+
+    def __call__(self, xs: Tensor, s: Tensor, check: Check) -> tuple[Tensor, int, Tensor]:
+        """Same arguments and returns as :func:`window` (``check`` sees h and c: P = 2)."""
+        COUNTS["recovered"] += 1
+        steps = xs.shape[0]
+        inputs, below = (xs, None) if self.lower is None else self.lower.sequence(xs, s[:-1])
+        outs, final = self.top.sequence(inputs, s[-1:])
+        tops = torch.stack([outs, self.cells(inputs, s[-1, :, 0], s[-1, :, 1], outs)], dim=2)  # (k, n, 2, D)
+        accepted = leading(check(tops))
+        if accepted == 0:
+            return outs, 0, s
+        if accepted < steps:
+            final = tops[accepted - 1].unsqueeze(0)  # the kernel's h, the recovered c
+            if below is not None:
+                below = self.lower.sequence(xs[:accepted], s[:-1])[1]
+        return outs, accepted, final if below is None else torch.cat([below, final])
+
+    def cells(self, inputs: Tensor, h0: Tensor, c0: Tensor, outs: Tensor) -> Tensor:
+        """The top layer's c after each step: inputs (k, n, C), h0 and c0 (n, D) the state
+        before the window, outs (k, n, D) its h after each step -> (k, n, D)."""
+        steps, batch, size = outs.shape
+        before = torch.cat([h0.unsqueeze(0), outs[:-1]])  # h_{t-1}
+        cells, prev = torch.empty_like(outs), c0
+        chunk = max(1, self.CHUNK_ROWS // batch)
+        for start in range(0, steps, chunk):
+            end = min(start + chunk, steps)
+            z = torch.cat([inputs[start:end], before[start:end]], 2).view((end - start) * batch, -1)
+            i_f, g = (z @ w if b is None else torch.addmm(b, z, w) for w, b in zip(self.weight, self.bias, strict=True))
+            i_f = i_f.sigmoid_().view(end - start, batch, 2, size)
+            ig = g.tanh_().view(end - start, batch, size).mul_(i_f[:, :, 0])
+            for i in range(end - start):  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+                prev = torch.addcmul(ig[i], i_f[i, :, 1], prev, out=cells[start + i])
+        return cells
 
 
 def leading(ok: Tensor) -> int:
@@ -134,6 +208,18 @@ def flat(tops: Tensor) -> Tensor:
 # (nn.LSTM) took the same time either way. Each small per-step operation hands its work to the
 # OpenMP pool and waits for it; the work does not repay the hand-off.
 STEP_THREADS_MIN_MACS = 32e6
+
+
+# Skip RNN with the LSTM: whole-sequence windows (:class:`LstmWindow`) below this many
+# multiply-adds per dense stack step of the batch, one-step calls (:func:`stepwise`) from it.
+# Recovering c recomputes 3/4 of the gate products: on the CPU measured (one thread, the
+# products in MKL) it costs 1.3-1.45x a whole nn.LSTM call (oneDNN's fused kernel), more than
+# the one-step calls add over one whole-sequence call (~0.4x) at (B, H) = (256, 110); at
+# small steps the calls' fixed cost dominates. f = 1, ratio to nn.LSTM, recovered / stepwise
+# (benchmarks/skip_lstm_windows.py --threads 1, loaded machine, CPU time): 2.1 M (32, 200, 1,
+# 128) 3.2x / 4.7x; 3.2 M (64, 50, 2, 110) 3.3x / 3.2x; 4.2 M (64, 200, 1, 128) 3.0x / 3.1x;
+# 4.7 M (96, 50, 2, 110) 3.3x / 2.7x; 12.6 M (256, 50, 2, 110) 2.8x / 2.0x. Not measured on a GPU.
+LSTM_WINDOW_MAX_MACS = 3e6
 
 
 class StepThreads:
