@@ -220,6 +220,13 @@ STABILITY: list[Row] = [
         {"graph": ("official",), "gate_grad_clip": ("0.01",)},
         names=("lr1e-3",),
     ),
+    *stability_rows(
+        "skip_rnn/frequency_t200_skip_lstm_l1e-4",
+        2000,
+        STABILITY_FREQUENCY,
+        {"graph": ("official",), "gate_grad_clip": ("0.01",)},
+        names=("lr1e-3",),
+    ),
     # The control: the dense LSTM, no gate at all, under the same settings.
     *stability_rows("skip_rnn/frequency_t100_lstm", 2000, STABILITY_FREQUENCY, {}, names=("lr1e-3", "lr1e-4")),
     *stability_rows("skip_rnn/frequency_t200_lstm", 2000, STABILITY_FREQUENCY, {}, names=("lr1e-3", "lr1e-4")),
