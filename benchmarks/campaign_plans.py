@@ -220,8 +220,8 @@ STABILITY: list[Row] = [
         names=("lr1e-4", "lr1e-3"),
     ),
     # Skip: the straight-through gradient at the binary gate bounded (``gate_grad_clip``), at the
-    # lr whose runs collapsed above. 0.01 is ~10x the 99th percentile of its elements in a
-    # healthy run (issue 9's measurement), so it binds at a spike, rarely otherwise.
+    # lr whose runs collapsed above. 0.01 is meant to bind at a spike and rarely otherwise
+    # (docs/stability.md).
     *stability_rows(
         "skip_rnn/frequency_t100_skip_lstm_l1e-4",
         2000,
