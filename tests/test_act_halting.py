@@ -91,3 +91,44 @@ def test_full_computation_still_equals_torch_nn() -> None:
     with ar.full_computation(m):
         out = m(x)[0]
     torch.testing.assert_close(out, ref(x)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_flag_is_one_more_input_column(cell: str) -> None:
+    """x_t^1 = [x_t, 1]: one ponder step per input equals torch.nn on the input with a column
+    of ones and ``flag_weight`` as that column's weights, gradients included."""
+    m = act(cell, num_layers=2)
+    with torch.no_grad():
+        m.flag_weight.normal_()
+    ref = getattr(torch.nn, cell.upper() if cell != "rnn" else "RNN")(I + 1, D, num_layers=2, dtype=DTYPE)
+    own = m.state_dict()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.copy_(torch.cat((own[name], own["flag_weight"].unsqueeze(1)), 1) if name == "weight_ih_l0" else own[name])
+    x = torch.randn(T, B, I, dtype=DTYPE)
+    with ar.full_computation(m):
+        out = m(x)[0]
+    want = ref(torch.cat((x, torch.ones(T, B, 1, dtype=DTYPE)), -1))[0]
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    (out.sum()).backward()
+    want.sum().backward()
+    torch.testing.assert_close(m.flag_weight.grad, ref.weight_ih_l0.grad[:, I], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(m.weight_ih_l0.grad, ref.weight_ih_l0.grad[:, :I], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_fast_path_equals_reference_with_a_trained_flag(cell: str) -> None:
+    """Later ponder steps read the flag as 0: with pondering and a non-zero flag_weight the fast
+    path (the flag as a bias of the first step) and the reference (an input column) agree."""
+    m = act(cell, num_layers=2, max_steps=6).eval()
+    with torch.no_grad():
+        m.flag_weight.normal_()
+    twin = copy.deepcopy(m)
+    twin.options["impl"] = "reference"
+    x = torch.randn(T, B, I, dtype=DTYPE)
+    with torch.no_grad():
+        (out, state, stats), (out_r, state_r, stats_r) = m(x), twin(x)
+    assert stats_r.updates.max() > 1
+    torch.testing.assert_close(out, out_r, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(state.cell, state_r.cell, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(stats.updates, stats_r.updates, rtol=0, atol=0)

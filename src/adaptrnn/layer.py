@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import dispatch
-from .cells import GATES, STATE_PARTS, cell_step, check_cell, step_macs
+from .cells import GATES, STATE_PARTS, check_cell, joint_step, joint_weights, step_macs
 from .options import check_options
 
 
@@ -269,21 +269,32 @@ class RecurrentBase(nn.Module):
 
     # ---- helpers for the time loops ----------------------------------------------------
 
-    def stack_step(self, gx0: Tensor, cell: Tensor) -> Tensor:
-        """One step of the whole stack, for methods whose decision spans the layers.
+    def joint_stack_weights(self, first_weight_ih: Tensor | None = None) -> list[tuple[Tensor, Tensor | None]]:
+        """Every layer's ``[W_ih, W_hh]`` side by side (``cells.joint_weights``), for :meth:`stack_step`.
 
-        gx0: (B, G*D) layer 0's input projection; cell: (L, B, K, D) -> (L, B, K, D).
-        Upper layers project the new hidden state of the layer below.
+        first_weight_ih: layer 0's input weights, if not ``weight_ih_l0`` (ACT appends its flag's column).
         """
-        new = []
+        weights = []
         for layer in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
-            if layer == 0:
-                gx = gx0
-            else:
-                below = self.layer_input_dropout(new[-1][:, 0], layer - 1)
-                gx = nn.functional.linear(below, w_ih, b_ih)
-            new.append(cell_step(self.cell, gx, cell[layer], w_hh, b_hh))
+            if layer == 0 and first_weight_ih is not None:
+                w_ih = first_weight_ih
+            weights.append(joint_weights(self.cell, w_ih, w_hh, b_ih, b_hh))
+        return weights
+
+    def stack_step(self, x: Tensor, cell: Tensor, weights: list[tuple[Tensor, Tensor | None]]) -> Tensor:
+        """One step of the whole stack, for methods whose decision spans the layers.
+
+        x: (B, I) layer 0's input; cell: (L, B, K, D); weights: from :meth:`joint_stack_weights`.
+        Returns (L, B, K, D). Each layer is one product of ``[input, h_{t-1}]`` (``cells.joint_step``):
+        at a small input a (T, B, G*D) input projection and its gradient cost more in training.
+        """
+        new = []
+        below = x
+        for layer, (weight_t, bias) in enumerate(weights):
+            s = cell[layer]  # (B, K, D)
+            new.append(joint_step(self.cell, below, s[:, 0], s, weight_t, bias))
+            below = self.layer_input_dropout(new[-1][:, 0], layer)
         return torch.stack(new)
 
     def layer_input_dropout(self, layer_out: Tensor, layer: int) -> Tensor:

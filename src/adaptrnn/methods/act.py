@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..cells import input_projection
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 
 
@@ -77,23 +76,26 @@ class ACTRNN(RecurrentBase):
         """Multiply-adds of one ponder step: the whole stack plus the halting unit's dot product."""
         return sum(self.dense_step_macs()) + self.halting_weight.numel()
 
-    def ponder(self, gx: Tensor, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def ponder(
+        self, flagged: Tensor, unflagged: Tensor, cell: Tensor, weights: list[tuple[Tensor, Tensor | None]]
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """All ponder steps of one input step.
 
-        gx: (B, G*D) layer 0's input projection; cell: (L, B, K, D) s_{t-1}.
-        Returns the mean-field state s_t (L, B, K, D), N(t) (B,) and R(t) (B,).
+        flagged, unflagged: (B, I + 1) x_t^n for n = 1 and n > 1, the input with its flag column;
+        cell: (L, B, K, D) s_{t-1}; weights: the stack's, layer 0 reading the flag
+        (``joint_stack_weights``). Returns the mean-field state s_t (L, B, K, D), N(t) (B,) and R(t) (B,).
         """
         max_steps = 1 if self.full_computation else int(self.options["max_steps"])
         threshold = 1.0 - float(self.options["epsilon"])
-        batch = gx.shape[0]
-        halted = torch.zeros(batch, dtype=torch.bool, device=gx.device)
-        cum = gx.new_zeros(batch)  # Σ_{n' < n} h_t^{n'} over the steps taken so far
-        steps = gx.new_zeros(batch)  # N(t) once halted
-        remainder = gx.new_zeros(batch)
+        batch = cell.shape[1]
+        halted = torch.zeros(batch, dtype=torch.bool, device=cell.device)
+        cum = cell.new_zeros(batch)  # Σ_{n' < n} h_t^{n'} over the steps taken so far
+        steps = cell.new_zeros(batch)  # N(t) once halted
+        remainder = cell.new_zeros(batch)
         mean_cell = torch.zeros_like(cell)
         s = cell
         for n in range(1, max_steps + 1):
-            s = self.stack_step(gx + self.flag_weight if n == 1 else gx, s)
+            s = self.stack_step(flagged if n == 1 else unflagged, s, weights)
             h = self.halting_prob(s)
             running = ~halted
             # Halt at n if the sum would reach 1 - ε, or at the cap M.
@@ -113,15 +115,18 @@ class ACTRNN(RecurrentBase):
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
         seq_len, batch = x.shape[:2]
-        w_ih, _, b_ih, _ = self.layer_weights(0)
+        # x_t^n = [x_t, 1[n = 1]]: the flag is one more input column, its weights flag_weight.
+        weights = self.joint_stack_weights(torch.cat((self.weight_ih_l0, self.flag_weight.unsqueeze(1)), dim=1))
+        ones, zeros = x.new_ones(seq_len, batch, 1), x.new_zeros(seq_len, batch, 1)
         # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
         # full-size gradient per step.
-        gx0 = input_projection(x, w_ih, b_ih).unbind(0)  # T × (B, G*D)
+        flagged = torch.cat((x, ones), dim=-1).unbind(0)  # T × (B, I + 1)
+        unflagged = torch.cat((x, zeros), dim=-1).unbind(0)
         cell = state.cell
         outs, all_steps, all_remainders = [], [], []
         for t in range(seq_len):
             valid_t = None if valid is None else valid[t]
-            new_cell, steps, remainder = self.ponder(gx0[t], cell)
+            new_cell, steps, remainder = self.ponder(flagged[t], unflagged[t], cell, weights)
             cell = keep_where(valid_t, new_cell, cell, batch_dim=1)  # (L, B, K, D)
             outs.append(cell[-1, :, 0])
             all_steps.append(steps)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..cells import cell_step, input_projection
+from ..cells import joint_step
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 
 
@@ -33,18 +33,18 @@ class DenseRNN(RecurrentBase):
         return out, RecurrentState(cell), Stats(updates, x.new_zeros(()), flops)
 
     def _reference(self, x: Tensor, cell: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Layer by layer, so each layer's input projection is one matrix product."""
+        """Layer by layer, one product of ``[x_t, h_{t-1}]`` per step (``cells.joint_step``)."""
         finals = []
         layer_in = x  # (T, B, I)
-        for layer in range(self.num_layers):
-            w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
+        for layer, (weight_t, bias) in enumerate(self.joint_stack_weights()):
             # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
             # full-size gradient per step.
-            gx = input_projection(layer_in, w_ih, b_ih).unbind(0)  # T × (B, G*D)
+            steps = layer_in.unbind(0)  # T × (B, I)
             s = cell[layer]  # (B, K, D)
             outs = []
             for t in range(x.shape[0]):
-                s = keep_where(None if valid is None else valid[t], cell_step(self.cell, gx[t], s, w_hh, b_hh), s)
+                new = joint_step(self.cell, steps[t], s[:, 0], s, weight_t, bias)
+                s = keep_where(None if valid is None else valid[t], new, s)
                 outs.append(s[:, 0])
             finals.append(s)
             layer_in = self.layer_input_dropout(torch.stack(outs), layer)

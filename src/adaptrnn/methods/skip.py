@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..cells import input_projection
 from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_float
 from ..options import RULES
 
@@ -147,18 +146,20 @@ class SkipRNN(RecurrentBase):
 
     def _forward(self, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
         seq_len, batch = x.shape[:2]
-        w_ih, _, b_ih, _ = self.layer_weights(0)
+        weights = self.joint_stack_weights()
         # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
         # full-size gradient per step.
-        gx0 = input_projection(x, w_ih, b_ih).unbind(0)  # T × (B, G*D)
+        steps = x.unbind(0)  # T × (B, I)
         cell = state.cell  # (L, B, K, D)
         update_prob, delta_prob = state.extras["update_prob"], state.extras["delta_prob"]
         outs, gates, probs = [], [], []
         for t in range(seq_len):
             valid_t = None if valid is None else valid[t]
             u = self.binarize(update_prob)  # (B,)
-            candidate = self.stack_step(gx0[t], cell)
-            new_cell = u.view(1, -1, 1, 1) * candidate + (1 - u).view(1, -1, 1, 1) * cell  # eq. 3
+            candidate = self.stack_step(steps[t], cell, weights)
+            # Eq. 3, s_t = u_t·S + (1 − u_t)·s_{t-1}, as one lerp s + u·(S − s): exactly S at u = 1
+            # and s at u = 0, with the same gradients.
+            new_cell = torch.lerp(cell, candidate, u.view(1, -1, 1, 1))
             new_delta, new_prob = self.next_probability(u, candidate, new_cell, update_prob, delta_prob)
             probs.append(update_prob)
             gates.append(u)
