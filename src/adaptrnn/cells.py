@@ -77,9 +77,15 @@ def gru_gates(a_r: Tensor, a_z: Tensor, a_nx: Tensor, a_nh: Tensor, s: Tensor) -
 
 def lstm_gates(pre: Tensor, s: Tensor) -> Tensor:
     """The LSTM's element-wise step from ``pre = gx + gh`` (B, 4D), gates (i, f, g, o). -> (B, 2, D)."""
-    i, f, g, o = pre.chunk(4, dim=-1)
-    c = torch.sigmoid(f) * s[:, 1] + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
+    # One sigmoid over all four gates, with tanh(g) = 2σ(2g) − 1: one contiguous (B, 4D) call,
+    # which torch spreads over threads, instead of four (B, D) slices; a training step measured
+    # 6-9% faster at two threads, the same at one (docs/speed.md).
+    size = s.shape[-1]
+    scale = pre.new_ones(4 * size)
+    scale[2 * size : 3 * size] = 2.0  # g doubled
+    i, f, g2, o = torch.sigmoid(pre * scale).chunk(4, dim=-1)
+    c = f * s[:, 1] + i * (2 * g2 - 1)
+    h = o * torch.tanh(c)
     return torch.stack((h, c), dim=1)
 
 
