@@ -30,7 +30,7 @@ LENGTHS = torch.tensor([T, T - 3, T - 11])
 # (d_t = D needs m_t > 7/8); SA: the update bias (every neuron of every row: a·h + c > 1/2);
 # ACT: halting_bias (halting at the first ponder step needs h ≥ 0.99).
 SWEEPS = {
-    "skip": (8.0, 2.0, 1.5, 1.0, 0.75, 0.5, 0.25, 0.0, -1.0),
+    "skip": (8.0, 2.5, 2.0, 1.5, 1.0, 0.75, 0.5, 0.25, 0.0, -1.0),
     "vc": (20.0, 4.0, 3.5, 3.0, 2.5, 2.0, 0.0),
     "sa": (20.0, 2.0, 1.5, 1.25, 1.0, 0.75, 0.5, 0.0),
     "act": (12.0, 6.0, 5.5, 5.0, 4.8, 4.6, 4.2, 0.0),

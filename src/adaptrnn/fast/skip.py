@@ -3,9 +3,10 @@
 After an update at step t with increment Δũ_t the next update is known (eq. 6): the
 accumulated probability grows as ``ũ_{t+k} = min(k·Δũ_t, 1)`` while skipping (eq. 5), so the
 next update is ``t + 1 + N_skip`` with ``N_skip = floor(threshold / Δũ_t)``. Each sequence gets
-its own next-update time; at a step where any sequence is due only the due rows are gathered,
-run through the cell stack and scattered back, and steps where none is due are never visited.
-Where every row is due, a speculative window (``speculate``) runs the next steps for every
+its own next-update time. A batch runs in rounds: each round takes every sequence's next
+update, each at its own step, as one batched step (a row's update needs only its own state and
+input), so a call costs about f·T rounds, and skipped steps are never visited. Where every row
+is due at the same step, a speculative window (``speculate``) runs the next steps for every
 row at once and keeps those at which every row stays due (Δũ > threshold).
 Skipped steps repeat the last output; ũ for the statistics is filled in afterwards from the
 closed form above.
@@ -108,12 +109,9 @@ def skip_forward(
     delta = state.extras["delta_prob"].double().cpu().numpy()
     next_t = first_update(prob, delta, threshold)  # (B,) float64, inf = no further update
     next_t[next_t >= ends] = np.inf
-    if batch == 1:
-        log, out = _run_single(module, inputs, next_t, ends, state.cell.clone(), threshold), None
-    else:
-        out = state.cell.new_empty(seq_len, batch, module.hidden_size)
-        log = _run_batch(module, inputs, next_t, ends, state.cell.clone(), threshold, out)
-    return _assemble(module, state, seq_len, batch, valid, log, out)
+    run = _run_single if batch == 1 else _run_batch
+    log = run(module, inputs, next_t, ends, state.cell.clone(), threshold)
+    return _assemble(module, state, seq_len, batch, valid, log)
 
 
 class UpdateLog:
@@ -127,85 +125,69 @@ class UpdateLog:
         self.hidden: list[Tensor] = []
         self.deltas: list[np.ndarray] = []
 
-    def add(self, step: int, rows: np.ndarray, hidden: Tensor | None, deltas: np.ndarray) -> None:
+    def add(self, step: int | np.ndarray, rows: np.ndarray, hidden: Tensor, deltas: np.ndarray) -> None:
+        """Events at ``step`` (one, or one per row): rows (n,), their new top h (n, D), Δũ (n,)."""
         self.steps.append(np.full(rows.size, step))
         self.rows.append(rows)
-        if hidden is not None:  # the batched loop writes its outputs directly instead
-            self.hidden.append(hidden)
+        self.hidden.append(hidden)
         self.deltas.append(deltas)
 
 
-def _run_batch(
-    module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold: float, out: Tensor
-) -> UpdateLog:
-    """Gather the due rows at each step where any is due, step them, scatter them back.
+def _run_batch(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold: float) -> UpdateLog:
+    """Rounds of updates: each round steps every row that has an update left at its own next
+    update step, in one batched step. A row's k-th update depends only on its own state and
+    input, so rows need not be at the same step, and a call makes about f·T rounds (the most
+    updates of any row) instead of a step for every time at which some row is due.
 
-    Writes the top-layer h of every step into ``out`` (T, B, D) as it goes (a step that is not
-    visited repeats the state before it), so no table of updates is gathered afterwards.
+    When every row is due at the same step, a speculative window runs from there (``_window``);
+    when most rows are due at the earliest step, only those step (rows realign for windows).
     """
     layers, dense = transposed(module), AtenStep(module, range(module.num_layers))
     log = UpdateLog(cell)  # log.cell (L, B, K, D): the current state of every row
     batch = cell.shape[1]
-    filled = 0  # out[:filled] is written
     spans, all_end = Window(), int(ends.min())  # every row is valid before all_end
     macs = step_macs(module, batch)
     # The LSTM's windows: whole-sequence with c recovered at small steps, else one-step calls.
     lstm = LstmWindow(module) if dense.parts == 2 and macs < LSTM_WINDOW_MAX_MACS else None
     with StepThreads(macs, cell.device) as threads:
-        t = next_t.min()
-        while t < np.inf:
-            t = int(t)
+        while (live := np.flatnonzero(next_t < np.inf)).size:
+            t = int(next_t[live].min())
+            due = live[next_t[live] == t]
             length = 0
             # Windows read inputs ahead, so not from a callable (asked only for updating steps);
             # the LSTM's stepwise ones waste nothing, so they need no adaptive length.
-            if isinstance(inputs, Tensor) and (next_t == t).all():
+            if isinstance(inputs, Tensor) and due.size == batch:
                 length = all_end - t if dense.parts == 2 and lstm is None else spans.length(all_end - t)
             if length >= 2:  # every row is due at t: try a dense window from t
-                if t > filled:
-                    out[filled:t] = log.cell[-1, :, 0]
-                filled = _window(module, dense, lstm, spans, inputs, log, t, length, out, next_t, threshold, threads)
-                next_t[next_t >= ends] = np.inf
-                t = next_t.min()
-                continue
-            filled = _step(module, layers, dense, inputs, log, t, out, filled, next_t, threshold)
+                _window(module, dense, lstm, spans, inputs, log, t, length, next_t, threshold, threads)
+            else:
+                # Most rows due at the earliest step: step those alone, so that the others can
+                # fall back in line with them and a window can follow; else a round of every row.
+                rows = due if 2 * due.size > live.size else live
+                _round(module, layers, dense, inputs, log, rows, next_t, threshold)
             next_t[next_t >= ends] = np.inf
-            t = next_t.min()
-    if filled < out.shape[0]:
-        out[filled:] = log.cell[-1, :, 0]
     return log
 
 
-def _step(module, layers, dense, inputs, log: UpdateLog, t: int, out: Tensor, filled: int, next_t, threshold) -> int:
-    """One step of the rows due at t (``next_t == t``): their new state, out[t], their next update.
-
-    Returns the new end of the written outputs.
-    """
-    batch = log.cell.shape[1]
-    cell = log.cell
-    if t > filled:  # steps no row visited repeat the state (one broadcast copy per gap)
-        out[filled:t] = log.cell[-1, :, 0]
-    due = np.flatnonzero(next_t == t)
-    if due.size == batch:  # every row is due: no gather, and the new state replaces the old
-        x_t = inputs[t] if isinstance(inputs, Tensor) else inputs(*_all_rows(t, batch, cell.device))
-        log.cell = dense(x_t, log.cell)
-        new = log.cell
-    else:
-        rows = torch.from_numpy(due).to(cell.device)
-        if isinstance(inputs, Tensor):
-            x_t = inputs[t].index_select(0, rows)
-        else:
-            x_t = inputs(torch.full_like(rows, t), rows)
-        new = stack_step(module.cell, layers, x_t, log.cell.index_select(1, rows))
-        log.cell.index_copy_(1, rows, new)
-    out[t] = log.cell[-1, :, 0]
+def _round(module, layers, dense, inputs, log: UpdateLog, rows: np.ndarray, next_t, threshold: float) -> None:
+    """The next update of ``rows``, each at its own step (``next_t``), as one batched step: their
+    new state, logged with its top-layer h, and their next update."""
+    device = log.cell.device
+    steps = next_t[rows].astype(np.int64)
+    rows_t, steps_t = torch.from_numpy(rows).to(device), torch.from_numpy(steps).to(device)
+    x = inputs[steps_t, rows_t] if isinstance(inputs, Tensor) else inputs(steps_t, rows_t)  # (n, I)
+    if rows.size == log.cell.shape[1]:  # every row: no gather, and the new state replaces the old
+        log.cell = new = dense(x, log.cell)
+    else:  # out of place: the log keeps views of earlier states
+        new = stack_step(module.cell, layers, x, log.cell.index_select(1, rows_t))
+        log.cell = log.cell.index_copy(1, rows_t, new)
     delta = module.update_increment(new).double().cpu().numpy()  # (n,) Δũ of eq. 4
-    _schedule(next_t, due, t, delta, threshold)
-    log.add(t, due, None, delta)
-    return t + 1
+    _schedule(next_t, rows, steps, delta, threshold)
+    log.add(steps, rows, new[-1, :, 0], delta)
 
 
-def _schedule(next_t: np.ndarray, rows, t: int, delta: np.ndarray, threshold: float) -> None:
-    """The next update of the rows updated at t, from their Δũ (eq. 6)."""
+def _schedule(next_t: np.ndarray, rows, t: int | np.ndarray, delta: np.ndarray, threshold: float) -> None:
+    """The next update of the rows updated at t (one step, or each row's own), from their Δũ (eq. 6)."""
     if threshold < 1 and delta.min() > threshold:  # N_skip = floor(threshold / Δũ) = 0 for every row
         next_t[rows] = t + 1
     else:
@@ -213,8 +195,8 @@ def _schedule(next_t: np.ndarray, rows, t: int, delta: np.ndarray, threshold: fl
 
 
 def _window(
-    module, dense, lstm, spans: Window, x: Tensor, log: UpdateLog, t: int, length: int, out, next_t, threshold, threads
-) -> int:
+    module, dense, lstm, spans: Window, x: Tensor, log: UpdateLog, t: int, length: int, next_t, threshold, threads
+) -> None:
     """A speculative dense window of ``length`` steps from t, at which every row is due.
 
     Step i > 0 of the window is due for every row iff Δũ_{i-1} > threshold for every row
@@ -222,7 +204,6 @@ def _window(
     after step i-1 (c for the LSTM: recovered by ``lstm``, a ``speculate.LstmWindow``, or, when
     it is None, read after each of ``speculate.stepwise``'s one-step calls). The accepted steps
     are logged as updates of every row; the last one's Δũ schedules each row's next update.
-    Returns the new end of the written outputs.
     """
     every = np.arange(log.cell.shape[1])
     seen: dict[str, list[Tensor]] = {"delta": []}
@@ -249,11 +230,9 @@ def _window(
                 outs, accepted, log.cell = lstm(xs, log.cell, check)
     deltas = torch.cat(seen["delta"])[:accepted].cpu().numpy()
     spans.record(length, accepted)
-    out[t : t + accepted] = outs[:accepted]
-    for i in range(accepted):
-        log.add(t + i, every, None, deltas[i])
+    steps = np.repeat(np.arange(t, t + accepted), every.size)  # step-major, as outs
+    log.add(steps, np.tile(every, accepted), outs[:accepted].flatten(0, 1), deltas.reshape(-1))
     _schedule(next_t, every, t + accepted - 1, deltas[-1], threshold)
-    return t + accepted
 
 
 def _run_single(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold: float) -> UpdateLog:
@@ -289,11 +268,8 @@ def _run_single(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tens
     return log
 
 
-def _assemble(
-    module, state: RecurrentState, seq_len: int, batch: int, valid: Tensor | None, log: UpdateLog, out: Tensor | None
-):
-    """Outputs (unless the loop wrote them into ``out``), final state and statistics from the
-    log of updates (all vectorised)."""
+def _assemble(module, state: RecurrentState, seq_len: int, batch: int, valid: Tensor | None, log: UpdateLog):
+    """Outputs, final state and statistics from the log of updates (all vectorised)."""
     cell = log.cell
     device, dtype = cell.device, cell.dtype
     step_idx, row_idx = _joined(log.steps, device, torch.long), _joined(log.rows, device, torch.long)
@@ -304,7 +280,10 @@ def _assemble(
     latest[step_idx, row_idx] = torch.arange(events, device=device)
     latest = latest.cummax(0).values  # (T+1, B); row T has no updates, so it repeats row T-1
     rows = torch.arange(batch, device=device)
-    if out is None:
+    if len(log.hidden) == 1 and events == seq_len * batch:
+        # Every step of every row updated, logged at once (a window from step 0): step-major, as out.
+        out = log.hidden[0].view(seq_len, batch, -1)
+    else:
         table = torch.cat([state.cell[-1, :, 0], *log.hidden])  # (B + E, D): initial top h, then each update's
         out = table[torch.where(latest[:seq_len] >= 0, latest[:seq_len] + batch, rows)]  # (T, B, D)
     updated = torch.zeros(seq_len + 1, batch, dtype=dtype, device=device)

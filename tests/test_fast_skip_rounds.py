@@ -1,0 +1,65 @@
+"""Skip RNN's batched inference in rounds: each round steps rows at their own next update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import adaptrnn as ar
+from adaptrnn.bench import controlled
+from adaptrnn.fast import skip as fast_skip
+from test_fast import CELLS, DTYPE, assert_same, reference_twin
+
+I, D, T, B = 3, 8, 40, 12
+
+
+def spied_rounds(monkeypatch) -> list[int]:
+    """Patches ``_round``; returns the list that gets, per call, how many distinct steps it took."""
+    distinct: list[int] = []
+    real = fast_skip._round
+
+    def spy(module, layers, dense, inputs, log, rows, next_t, threshold):
+        distinct.append(np.unique(next_t[rows]).size)
+        return real(module, layers, dense, inputs, log, rows, next_t, threshold)
+
+    monkeypatch.setattr(fast_skip, "_round", spy)
+    return distinct
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+@pytest.mark.parametrize("fraction", [0.5, 0.2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_spread_phases_take_about_f_t_rounds(monkeypatch, cell: str, fraction: float, padded: bool) -> None:
+    """One update every 1/f steps with the rows' phases spread (``bench.controlled``): the fast
+    path equals the reference and makes about f·T rounds, not one per step."""
+    m = ar.SkipRNN(cell, I, D, num_layers=2).to(DTYPE).eval()
+    x = torch.randn(T, B, I, dtype=DTYPE)
+    state = controlled(m, fraction, B, x)
+    lengths = torch.randint(1, T + 1, (B,)) if padded else None
+    distinct = spied_rounds(monkeypatch)
+    with torch.no_grad():
+        got = m(x, state, lengths)
+        want = reference_twin(m)(x, state, lengths)
+    assert_same(got, want)
+    assert max(distinct) > 1  # rows at different steps stepped together
+    assert len(distinct) <= fraction * T + 2  # the most updates of any row, plus the first step
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_learned_gates_and_a_callable_input(cell: str) -> None:
+    """Data-dependent schedules (random gate weights, random initial ũ and Δũ), the inputs given
+    as a tensor and as a ``features(steps, rows)`` callable: both equal the reference."""
+    m = ar.SkipRNN(cell, I, D, num_layers=2).to(DTYPE).eval()
+    with torch.no_grad():
+        m.update_weight.normal_(0.0, 2.0)
+        m.update_bias.fill_(-0.5)
+    x = torch.randn(T, B, I, dtype=DTYPE)
+    extras = {"update_prob": torch.rand(B, dtype=DTYPE), "delta_prob": torch.rand(B, dtype=DTYPE)}
+    state = ar.RecurrentState(m.initial_state(B, x).cell, extras)
+    with torch.no_grad():
+        want = reference_twin(m)(x, state)
+        assert_same(m(x, state), want)
+        got = fast_skip.skip_inference(m, lambda steps, rows: x[steps, rows], seq_len=T, batch=B, state=state)
+    assert_same(got, want)
+    assert 0.1 < float(want[2].updates.mean()) < 0.9
