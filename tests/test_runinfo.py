@@ -3,12 +3,15 @@ parameter group, code and machine (``adaptrnn.runinfo`` and its use by the train
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
 import pytest
 import torch
 
+from adaptrnn import runinfo
+from adaptrnn import train as train_module
 from adaptrnn.model import build_model
 from adaptrnn.runinfo import detect_collapse, group_grad_norms, parameter_groups
 from adaptrnn.tasks import make_task
@@ -104,3 +107,21 @@ def test_a_collapsed_run_is_flagged(tmp_path, monkeypatch):
     result = train(tiny(model="lstm", steps=9, extra=("eval_every=3",)), tmp_path / "run", progress=False)
     assert result["collapsed"] is True and result["final_val_value"] == 0.4
     assert result["checkpoint"] == "best" and result["checkpoint_step"] == 6 and result["val_value"] == 0.01
+
+
+def test_the_code_commit_is_read_when_training_starts(tmp_path, monkeypatch):
+    """A campaign may check out a newer commit while a run trains: result.json must name the
+    code the process imported (read at the start), not the tree's commit at the end."""
+    tree = {"commit": "a" * 40}
+    fake = functools.cache(lambda: (tree["commit"], False))  # cached, as the real one
+    monkeypatch.setattr(runinfo, "code_version", fake)
+    monkeypatch.setattr(train_module, "code_version", fake)
+    step = train_module.Trainer._train_step
+
+    def checkout_meanwhile(self, *args, **kwargs):
+        tree["commit"] = "b" * 40
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.Trainer, "_train_step", checkout_meanwhile)
+    saved = train(tiny(model="skip-gru", steps=3), tmp_path / "run", progress=False)
+    assert saved["code_commit"] == "a" * 40

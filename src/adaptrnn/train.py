@@ -54,7 +54,7 @@ from .distributed import close_group, init_group
 from .evaluation import evaluate_split, measure_inference, sample_arrays, solved, valid_steps
 from .layer import RecurrentState
 from .model import count_parameters, set_schedule_values
-from .runinfo import GROUPS, group_grad_norms, parameter_groups, run_record
+from .runinfo import GROUPS, code_version, group_grad_norms, parameter_groups, run_record
 from .runs import CHECKPOINTS, build_config_model, build_task, configure_cpu, resolve_device
 from .tasks import Batch
 from .tasks.base import slice_batch
@@ -93,6 +93,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.config, self.out, self.progress = config, Path(out_dir), progress
+        code_version()  # cached now: result.json names the code this process runs, not a later checkout's
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
