@@ -63,3 +63,23 @@ def test_learned_gates_and_a_callable_input(cell: str) -> None:
         got = fast_skip.skip_inference(m, lambda steps, rows: x[steps, rows], seq_len=T, batch=B, state=state)
     assert_same(got, want)
     assert 0.1 < float(want[2].updates.mean()) < 0.9
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_outputs_in_time_order_then_from_the_log(monkeypatch, cell: str) -> None:
+    """Every row due at step 0 (ũ = 1): the loop starts in time order (a window, outputs written
+    as it goes), then the rows' schedules part and it continues in rounds from the log."""
+    m = ar.SkipRNN(cell, I, D, num_layers=2).to(DTYPE).eval()
+    with torch.no_grad():
+        m.update_weight.normal_(0.0, 2.0)
+        m.update_bias.fill_(0.3)
+    x = torch.randn(T, B, I, dtype=DTYPE)
+    state = m.initial_state(B, x)  # ũ = 1: every row updates at step 0
+    splits: list[int] = []
+    real = fast_skip.UpdateLog.split
+    monkeypatch.setattr(fast_skip.UpdateLog, "split", lambda log, t: splits.append(t) or real(log, t))
+    with torch.no_grad():
+        got = m(x, state)
+        want = reference_twin(m)(x, state)
+    assert_same(got, want)
+    assert len(splits) == 1 and splits[0] > 0  # written in order up to the split, logged after it

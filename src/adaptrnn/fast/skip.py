@@ -109,31 +109,60 @@ def skip_forward(
     delta = state.extras["delta_prob"].double().cpu().numpy()
     next_t = first_update(prob, delta, threshold)  # (B,) float64, inf = no further update
     next_t[next_t >= ends] = np.inf
-    run = _run_single if batch == 1 else _run_batch
-    log = run(module, inputs, next_t, ends, state.cell.clone(), threshold)
+    if batch == 1:
+        log = _run_single(module, inputs, next_t, ends, state.cell.clone(), threshold)
+    else:
+        out = state.cell.new_empty(seq_len, batch, module.hidden_size)
+        log = _run_batch(module, inputs, next_t, ends, state.cell.clone(), threshold, out)
     return _assemble(module, state, seq_len, batch, valid, log)
 
 
 class UpdateLog:
     """What the loops record: the final cell (L, B, K, D) and, per update event, its step,
-    row, new top-layer h and Δũ (host lists, turned into tensors once at the end)."""
+    row and Δũ (host lists, turned into tensors once at the end).
 
-    def __init__(self, cell: Tensor) -> None:
+    Outputs: while every row's state is at the same step, the batched loop writes them in time
+    order into ``out`` (T, B, D), ``out[:filled]`` done. From the first round that steps rows at
+    different steps on (the split), each event's new top-layer h is logged in ``hidden``, and the
+    outputs from ``filled`` on are assembled at the end from those and the top h at the split.
+    """
+
+    def __init__(self, cell: Tensor, out: Tensor | None = None) -> None:
         self.cell = cell
         self.steps: list[np.ndarray] = []
         self.rows: list[np.ndarray] = []
-        self.hidden: list[Tensor] = []
+        self.hidden: list[Tensor] = []  # of the events from the split on
         self.deltas: list[np.ndarray] = []
+        self.out, self.filled = out, 0
+        self.in_order = out is not None  # every row's state at the same step: outputs written in order
+        # Events before the split, and the top h there (None: the initial state's).
+        self.split_events, self.split_hidden = 0, None
 
-    def add(self, step: int | np.ndarray, rows: np.ndarray, hidden: Tensor, deltas: np.ndarray) -> None:
-        """Events at ``step`` (one, or one per row): rows (n,), their new top h (n, D), Δũ (n,)."""
+    def add(self, step: int | np.ndarray, rows: np.ndarray, hidden: Tensor | None, deltas: np.ndarray) -> None:
+        """Events at ``step`` (one, or one per row): rows (n,), Δũ (n,), and their new top h (n, D)
+        unless the outputs are written in time order (``hidden`` None)."""
         self.steps.append(np.full(rows.size, step))
         self.rows.append(rows)
-        self.hidden.append(hidden)
+        if hidden is not None:
+            self.hidden.append(hidden)
         self.deltas.append(deltas)
 
+    def hold_until(self, t: int) -> None:
+        """In time order: steps [filled, t) repeat the current state (no row updated there)."""
+        if t > self.filled:
+            self.out[self.filled : t] = self.cell[-1, :, 0]
+            self.filled = t
 
-def _run_batch(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold: float) -> UpdateLog:
+    def split(self, t: int) -> None:
+        """Leave time order at step t: outputs from t on come from the log."""
+        self.hold_until(t)
+        self.split_events, self.split_hidden = sum(r.size for r in self.rows), self.cell[-1, :, 0]
+        self.in_order = False
+
+
+def _run_batch(
+    module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold: float, out: Tensor
+) -> UpdateLog:
     """Rounds of updates: each round steps every row that has an update left at its own next
     update step, in one batched step. A row's k-th update depends only on its own state and
     input, so rows need not be at the same step, and a call makes about f·T rounds (the most
@@ -141,9 +170,10 @@ def _run_batch(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tenso
 
     When every row is due at the same step, a speculative window runs from there (``_window``);
     when most rows are due at the earliest step, only those step (rows realign for windows).
+    Until the first round across steps, outputs are written in time order into ``out``.
     """
     layers, dense = transposed(module), AtenStep(module, range(module.num_layers))
-    log = UpdateLog(cell)  # log.cell (L, B, K, D): the current state of every row
+    log = UpdateLog(cell, out)  # log.cell (L, B, K, D): the current state of every row
     batch = cell.shape[1]
     spans, all_end = Window(), int(ends.min())  # every row is valid before all_end
     macs = step_macs(module, batch)
@@ -153,6 +183,8 @@ def _run_batch(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tenso
         while (live := np.flatnonzero(next_t < np.inf)).size:
             t = int(next_t[live].min())
             due = live[next_t[live] == t]
+            if log.in_order:
+                log.hold_until(t)  # before the state moves on
             length = 0
             # Windows read inputs ahead, so not from a callable (asked only for updating steps);
             # the LSTM's stepwise ones waste nothing, so they need no adaptive length.
@@ -164,8 +196,12 @@ def _run_batch(module, inputs, next_t: np.ndarray, ends: np.ndarray, cell: Tenso
                 # Most rows due at the earliest step: step those alone, so that the others can
                 # fall back in line with them and a window can follow; else a round of every row.
                 rows = due if 2 * due.size > live.size else live
+                if log.in_order and rows.size > due.size:
+                    log.split(t)
                 _round(module, layers, dense, inputs, log, rows, next_t, threshold)
             next_t[next_t >= ends] = np.inf
+    if log.in_order:
+        log.hold_until(out.shape[0])
     return log
 
 
@@ -183,7 +219,12 @@ def _round(module, layers, dense, inputs, log: UpdateLog, rows: np.ndarray, next
         log.cell = log.cell.index_copy(1, rows_t, new)
     delta = module.update_increment(new).double().cpu().numpy()  # (n,) Δũ of eq. 4
     _schedule(next_t, rows, steps, delta, threshold)
-    log.add(steps, rows, new[-1, :, 0], delta)
+    if not log.in_order:
+        log.add(steps, rows, new[-1, :, 0], delta)
+    else:  # every row's state is at steps[0]: its output is the current top h
+        log.out[steps[0]] = log.cell[-1, :, 0]
+        log.filled = int(steps[0]) + 1
+        log.add(steps, rows, None, delta)
 
 
 def _schedule(next_t: np.ndarray, rows, t: int | np.ndarray, delta: np.ndarray, threshold: float) -> None:
@@ -231,7 +272,12 @@ def _window(
     deltas = torch.cat(seen["delta"])[:accepted].cpu().numpy()
     spans.record(length, accepted)
     steps = np.repeat(np.arange(t, t + accepted), every.size)  # step-major, as outs
-    log.add(steps, np.tile(every, accepted), outs[:accepted].flatten(0, 1), deltas.reshape(-1))
+    if not log.in_order:
+        log.add(steps, np.tile(every, accepted), outs[:accepted].flatten(0, 1), deltas.reshape(-1))
+    else:
+        log.out[t : t + accepted] = outs[:accepted]
+        log.filled = t + accepted
+        log.add(steps, np.tile(every, accepted), None, deltas.reshape(-1))
     _schedule(next_t, every, t + accepted - 1, deltas[-1], threshold)
 
 
@@ -280,12 +326,12 @@ def _assemble(module, state: RecurrentState, seq_len: int, batch: int, valid: Te
     latest[step_idx, row_idx] = torch.arange(events, device=device)
     latest = latest.cummax(0).values  # (T+1, B); row T has no updates, so it repeats row T-1
     rows = torch.arange(batch, device=device)
-    if len(log.hidden) == 1 and events == seq_len * batch:
-        # Every step of every row updated, logged at once (a window from step 0): step-major, as out.
-        out = log.hidden[0].view(seq_len, batch, -1)
-    else:
-        table = torch.cat([state.cell[-1, :, 0], *log.hidden])  # (B + E, D): initial top h, then each update's
-        out = table[torch.where(latest[:seq_len] >= 0, latest[:seq_len] + batch, rows)]  # (T, B, D)
+    out = log.out if log.out is not None else state.cell.new_empty(seq_len, batch, cell.shape[-1])
+    if log.filled < seq_len:  # from the split on: the latest update's h, or the top h at the split
+        start = state.cell[-1, :, 0] if log.split_hidden is None else log.split_hidden
+        table = torch.cat([start, *log.hidden])  # (B + E', D)
+        tail = latest[log.filled : seq_len]
+        out[log.filled :] = table[torch.where(tail >= log.split_events, tail - log.split_events + batch, rows)]
     updated = torch.zeros(seq_len + 1, batch, dtype=dtype, device=device)
     updated[step_idx, row_idx] = 1.0
     # ũ at each step t = 0..T (eq. 5 in closed form): min(k·Δũ, 1) k steps after an update,
