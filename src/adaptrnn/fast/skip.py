@@ -331,7 +331,8 @@ def _assemble(module, state: RecurrentState, seq_len: int, batch: int, valid: Te
         start = state.cell[-1, :, 0] if log.split_hidden is None else log.split_hidden
         table = torch.cat([start, *log.hidden])  # (B + E', D)
         tail = latest[log.filled : seq_len]
-        out[log.filled :] = table[torch.where(tail >= log.split_events, tail - log.split_events + batch, rows)]
+        index = torch.where(tail >= log.split_events, tail - log.split_events + batch, rows).flatten()
+        torch.index_select(table, 0, index, out=out[log.filled :].view(-1, table.shape[1]))  # in place
     updated = torch.zeros(seq_len + 1, batch, dtype=dtype, device=device)
     updated[step_idx, row_idx] = 1.0
     # ũ at each step t = 0..T (eq. 5 in closed form): min(k·Δũ, 1) k steps after an update,
