@@ -147,9 +147,18 @@ class UpdateLog:
             self.hidden.append(hidden)
         self.deltas.append(deltas)
 
+    def record(self, steps, rows: np.ndarray, hidden: Tensor, deltas: np.ndarray, start: int, frames: Tensor) -> None:
+        """Log update events (``add``). In time order, ``frames`` (k, B, D), the outputs of steps
+        ``start`` .. ``start + k - 1``, are written instead of keeping ``hidden``."""
+        if self.in_order:
+            self.out[start : start + frames.shape[0]] = frames
+            self.filled = start + frames.shape[0]
+            hidden = None
+        self.add(steps, rows, hidden, deltas)
+
     def hold_until(self, t: int) -> None:
         """In time order: steps [filled, t) repeat the current state (no row updated there)."""
-        if t > self.filled:
+        if self.in_order and t > self.filled:
             self.out[self.filled : t] = self.cell[-1, :, 0]
             self.filled = t
 
@@ -183,8 +192,7 @@ def _run_batch(
         while (live := np.flatnonzero(next_t < np.inf)).size:
             t = int(next_t[live].min())
             due = live[next_t[live] == t]
-            if log.in_order:
-                log.hold_until(t)  # before the state moves on
+            log.hold_until(t)  # in time order, before the state moves on
             length = 0
             # Windows read inputs ahead, so not from a callable (asked only for updating steps);
             # the LSTM's stepwise ones waste nothing, so they need no adaptive length.
@@ -200,8 +208,7 @@ def _run_batch(
                     log.split(t)
                 _round(module, layers, dense, inputs, log, rows, next_t, threshold)
             next_t[next_t >= ends] = np.inf
-    if log.in_order:
-        log.hold_until(out.shape[0])
+    log.hold_until(out.shape[0])
     return log
 
 
@@ -219,12 +226,8 @@ def _round(module, layers, dense, inputs, log: UpdateLog, rows: np.ndarray, next
         log.cell = log.cell.index_copy(1, rows_t, new)
     delta = module.update_increment(new).double().cpu().numpy()  # (n,) Δũ of eq. 4
     _schedule(next_t, rows, steps, delta, threshold)
-    if not log.in_order:
-        log.add(steps, rows, new[-1, :, 0], delta)
-    else:  # every row's state is at steps[0]: its output is the current top h
-        log.out[steps[0]] = log.cell[-1, :, 0]
-        log.filled = int(steps[0]) + 1
-        log.add(steps, rows, None, delta)
+    # In time order every row's state is at steps[0], and its output there is the current top h.
+    log.record(steps, rows, new[-1, :, 0], delta, int(steps[0]), log.cell[-1:, :, 0])
 
 
 def _schedule(next_t: np.ndarray, rows, t: int | np.ndarray, delta: np.ndarray, threshold: float) -> None:
@@ -272,12 +275,7 @@ def _window(
     deltas = torch.cat(seen["delta"])[:accepted].cpu().numpy()
     spans.record(length, accepted)
     steps = np.repeat(np.arange(t, t + accepted), every.size)  # step-major, as outs
-    if not log.in_order:
-        log.add(steps, np.tile(every, accepted), outs[:accepted].flatten(0, 1), deltas.reshape(-1))
-    else:
-        log.out[t : t + accepted] = outs[:accepted]
-        log.filled = t + accepted
-        log.add(steps, np.tile(every, accepted), None, deltas.reshape(-1))
+    log.record(steps, np.tile(every, accepted), outs[:accepted].flatten(0, 1), deltas.reshape(-1), t, outs[:accepted])
     _schedule(next_t, every, t + accepted - 1, deltas[-1], threshold)
 
 
