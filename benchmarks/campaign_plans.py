@@ -114,6 +114,17 @@ PAPER_CPU: list[Row] = [
         for name in ("parity_act_rnn_t1e-2", "parity_act_rnn_t1e-3")
     ),
     Row("act/parity_rnn", seeds=(0, 1), steps=1_000_000, overrides=PARITY_PAPER),
+    # The random layout at Fojo et al.'s lr 1e-3 for the paper's 1M steps: at lr 1e-4 (above, seed 0)
+    # the 64-bit run stayed at chance for 1M steps, and the plateau grew with the size at lr 1e-3
+    # (16 bits left it by step ~24,000, 32 bits not within 50,000); this row measures whether 1M
+    # steps at lr 1e-3 reach the end of the 64-bit plateau (~1-1.5 h per run on one thread).
+    Row(
+        "act/parity_act_rnn_t1e-3",
+        seeds=(0, 1),
+        steps=1_000_000,
+        overrides={**PARITY_SIZES, "eval_every": "10000", "log_every": "1000"},
+        name="act/parity64_lr1e-3_act_rnn_t1e-3",
+    ),
     *(
         Row(f"act/{name}", seeds=(0, 1), steps=100_000, overrides=PARITY_FOJO, name=f"act/prefix_{name}")
         for name in ("parity_act_rnn_t1e-2", "parity_act_rnn_t1e-3", "parity_rnn")
