@@ -24,7 +24,10 @@ class OptionalNative(build_ext):
     def build_extension(self, ext: Extension) -> None:
         flags = [([], [])]  # (compile arguments, link arguments) to try in order
         if self.compiler.compiler_type == "unix":
-            base = ["-O3", "-fno-math-errno"]  # GNU C (fused multiply-adds allowed; ISO mode forbids them)
+            # GNU C (fused multiply-adds allowed; ISO mode forbids them). -fno-wrapv undoes the
+            # -fwrapv of Python's CFLAGS, which kept GCC 12 from vectorising exp_f32's int
+            # conversion: the batched element-wise cell took 196 us instead of 115 (LSTM, 256 x 110).
+            base = ["-O3", "-fno-wrapv", "-fno-math-errno"]
             native = [] if os.environ.get("ADAPTRNN_PORTABLE") else ["-march=native"]
             tries = [base + native, base] if native else [base]  # a compiler without -march=native gets a 2nd try
             # OpenMP threads the per-step products; a compiler without it builds the serial loops
