@@ -53,7 +53,7 @@ setup(
         Extension(
             NATIVE,
             sources=["src/adaptrnn/fast/native.c"],
-            depends=["src/adaptrnn/fast/native_loops.h", "src/adaptrnn/fast/native_sa.h"],
+            depends=["src/adaptrnn/fast/native_loops.h", "src/adaptrnn/fast/native_sa.h", "src/adaptrnn/fast/native_batch.h"],
             libraries=["m"] if os.name == "posix" else [],
             optional=True,
         )

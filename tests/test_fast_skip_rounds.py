@@ -8,6 +8,7 @@ import torch
 
 import adaptrnn as ar
 from adaptrnn.bench import controlled
+from adaptrnn.fast import native
 from adaptrnn.fast import skip as fast_skip
 from test_fast import CELLS, DTYPE, assert_same, reference_twin
 
@@ -19,18 +20,35 @@ def spied_rounds(monkeypatch) -> list[int]:
     distinct: list[int] = []
     real = fast_skip._round
 
-    def spy(module, layers, dense, inputs, log, rows, next_t, threshold):
+    def spy(module, layers, inputs, log, rows, next_t, threshold, threads):
         distinct.append(np.unique(next_t[rows]).size)
-        return real(module, layers, dense, inputs, log, rows, next_t, threshold)
+        return real(module, layers, inputs, log, rows, next_t, threshold, threads)
 
     monkeypatch.setattr(fast_skip, "_round", spy)
     return distinct
 
 
+@pytest.fixture(params=["native", "python"])
+def round_steps(request, monkeypatch) -> list[int]:
+    """A round's batched step in C with torch's BLAS (``native.batch_step``, where available), or
+    from Python (``weights.stack_step``). Returns the list the native step appends to per call."""
+    calls: list[int] = []
+    if request.param == "python":
+        monkeypatch.setattr(native, "batch_applies", lambda *a: False)
+    elif native.library() is None or native.blas_gemm(DTYPE) is None:
+        pytest.skip("the native batched loops are not available here")
+    else:
+        real = native.batch_step
+        monkeypatch.setattr(native, "batch_step", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 @pytest.mark.parametrize("fraction", [0.5, 0.2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_spread_phases_take_about_f_t_rounds(monkeypatch, cell: str, fraction: float, padded: bool) -> None:
+def test_spread_phases_take_about_f_t_rounds(
+    monkeypatch, round_steps, cell: str, fraction: float, padded: bool
+) -> None:
     """One update every 1/f steps with the rows' phases spread (``bench.controlled``): the fast
     path equals the reference and makes about f·T rounds, not one per step."""
     m = ar.SkipRNN(cell, I, D, num_layers=2).to(DTYPE).eval()
@@ -44,10 +62,11 @@ def test_spread_phases_take_about_f_t_rounds(monkeypatch, cell: str, fraction: f
     assert_same(got, want)
     assert max(distinct) > 1  # rows at different steps stepped together
     assert len(distinct) <= fraction * T + 2  # the most updates of any row, plus the first step
+    assert len(round_steps) in (0, len(distinct))  # natively: every round
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_learned_gates_and_a_callable_input(cell: str) -> None:
+def test_learned_gates_and_a_callable_input(round_steps, cell: str) -> None:
     """Data-dependent schedules (random gate weights, random initial ũ and Δũ), the inputs given
     as a tensor and as a ``features(steps, rows)`` callable: both equal the reference."""
     m = ar.SkipRNN(cell, I, D, num_layers=2).to(DTYPE).eval()

@@ -92,13 +92,20 @@ def test_windows_equal_the_reference(method, cell, num_layers, dtype, padded):
         assert windows["recovered"] == windows["windows"] > 0 and not windows["stepwise"]
 
 
+@pytest.mark.parametrize("kind", ["native", "stepwise"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_skip_lstm_stepwise_windows_equal_the_reference(monkeypatch, num_layers, dtype):
-    """Above ``LSTM_WINDOW_MAX_MACS`` the Skip LSTM's windows are one-step calls (``stepwise``)."""
+def test_skip_lstm_stepwise_windows_equal_the_reference(monkeypatch, num_layers, dtype, kind):
+    """Above ``LSTM_WINDOW_MAX_MACS`` the Skip LSTM's windows are step by step: in C with torch's
+    BLAS (``native.skip_window``) where the extension and the BLAS are found, else one-step calls
+    from Python (``stepwise``)."""
+    if kind == "native" and (ar.fast.native.library() is None or ar.fast.native.blas_gemm(dtype) is None):
+        pytest.skip("the native batched loops are not available here")
+    if kind == "stepwise":
+        monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)
     monkeypatch.setattr("adaptrnn.fast.skip.LSTM_WINDOW_MAX_MACS", 0)
     windows = sweep("skip", "lstm", num_layers, dtype, padded=False)
-    assert windows["stepwise"] == windows["windows"] > 0 and not windows["recovered"]
+    assert windows[kind] == windows["windows"] > 0 and not windows["recovered"]
 
 
 def sweep(method: str, cell: str, num_layers: int, dtype: torch.dtype, padded: bool) -> Counter:
@@ -171,9 +178,10 @@ def test_step_threads_scope(monkeypatch):
 
 @pytest.mark.parametrize("limit", [0, float("inf")], ids=["stepwise", "recovered"])
 def test_skip_lstm_window_threads(monkeypatch, limit):
-    """The LSTM's Skip windows of one-step calls (``stepwise``, at large steps) run at the loop's
-    one thread; its whole-sequence windows (``LstmWindow``) at the caller's count."""
+    """The LSTM's Skip windows of one-step calls from Python (``stepwise``, at large steps) run at
+    the loop's one thread; its whole-sequence windows (``LstmWindow``) at the caller's count."""
     before, seen = torch.get_num_threads(), set()
+    monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)  # native windows: test_native_threads
     monkeypatch.setattr("adaptrnn.fast.skip.LSTM_WINDOW_MAX_MACS", limit)
     original = ar.fast.skip.stepwise, speculate.LstmWindow.__call__
     monkeypatch.setattr(

@@ -159,32 +159,42 @@ def test_native_is_not_used_for_other_dtypes_or_batches():
 
 
 @needs_native
+@pytest.mark.parametrize("summed", [False, True], ids=["apart", "summed"])
+@pytest.mark.parametrize("d", [5, 16, 37])  # under one block of 16 lanes, one block, blocks and a tail
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_native_pointwise_equals_cells_pointwise(cell, dtype):
-    """The batched fast paths' one-call element-wise step, on row-strided projections."""
+def test_native_pointwise_equals_cells_pointwise(cell, dtype, d, summed):
+    """The batched fast paths' one-call element-wise step, on row-strided projections; with
+    ``summed`` (RNN, LSTM) the projections come as one pre-activation gx + gh."""
     from adaptrnn.cells import GATES, STATE_PARTS, pointwise
 
+    if summed and cell == "gru":
+        with pytest.raises(ValueError, match="gh is required"):
+            native.pointwise(cell, torch.zeros(2, 3 * d), None, torch.zeros(2, 1, d))
+        return
     torch.manual_seed(7)
-    n, d = 33, 21
+    n = 33
     gx = torch.randn(n, GATES[cell] * d + 5, dtype=dtype)[:, : GATES[cell] * d]  # rows with a stride
     gh = torch.randn(n, GATES[cell] * d, dtype=dtype) * 3
     s = torch.randn(n, STATE_PARTS[cell], d, dtype=dtype)
-    got = native.pointwise(cell, gx, gh, s)
+    got = native.pointwise(cell, gx + gh, None, s) if summed else native.pointwise(cell, gx, gh, s)
     torch.testing.assert_close(got, pointwise(cell, gx, gh, s), **TOLERANCE[dtype])
+    assert got.data_ptr() != s.data_ptr()  # out of place: the caller's state is kept
 
 
 @needs_native
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("method", list(NATIVE))
 def test_batched_fast_paths_in_float32(method, cell, monkeypatch):
-    """Batch > 1 at float32: the fast paths (with the native element-wise call) against the reference."""
+    """Batch > 1 at float32: the fast paths (with the native element-wise call, or Skip RNN's
+    native batched steps) against the reference."""
     from adaptrnn.fast import sa as fast_sa
 
     monkeypatch.setattr(fast_sa, "GATHER_MIN_MACS", 0)  # SA: the row gather, not the masked step
     calls = []
-    original = native.pointwise
-    monkeypatch.setattr(native, "pointwise", lambda *a: calls.append(1) or original(*a))
+    for name in ("pointwise", "batch_step", "skip_window"):
+        original = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _f=original: calls.append(1) or _f(*a))
     torch.manual_seed(8)
     m = lively(method, cell, 2, torch.float32)
     x = torch.randn(T, 4, I)

@@ -77,3 +77,33 @@ def test_threads_follow_torch():
         assert native.threads() == (2 if native.library().native_openmp() else 1)
     finally:
         torch.set_num_threads(before)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_batched_skip_steps_at_two_threads(cell, dtype, monkeypatch):
+    """Skip RNN at batch > 1 through the native batched steps (windows and rounds, products in
+    torch's BLAS): they run at the caller's thread count, not the Python loop's one thread, and
+    two threads give the reference's results (to rounding: the BLAS may split sums by threads)."""
+    if native.blas_gemm(dtype) is None:
+        pytest.skip("torch's BLAS exports no ?gemm_ here")
+    from adaptrnn.fast import skip as fast_skip
+
+    monkeypatch.setattr(fast_skip, "LSTM_WINDOW_MAX_MACS", 0)  # the LSTM's windows step by step
+    seen = set()
+    for name in ("skip_window", "batch_step"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _f=real: seen.add(torch.get_num_threads()) or _f(*a))
+    m = wide("skip", cell, dtype)
+    with torch.no_grad():
+        m.update_weight.normal_(0.0, 0.3)  # Δũ varies by row and step: windows, and rounds where rows part
+        m.update_bias.fill_(0.0)
+    x = torch.randn(T, 16, I, dtype=dtype)
+    two = run_with_threads(m, x, 2)
+    twin = copy.deepcopy(m)
+    twin.options["impl"] = "reference"
+    with torch.no_grad():
+        assert_same(two, twin(x), dtype)
+    assert seen == {2}
+    assert 0.2 < float(two[2].updates.mean()) < 1.0

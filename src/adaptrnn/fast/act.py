@@ -110,8 +110,9 @@ def _window(first: AtenStep, spans: Window, x: Tensor, results: tuple, t: int, l
 def ponder(module, layers, cell: Tensor, x: Tensor, first: AtenStep) -> tuple[Tensor, Tensor, Tensor]:
     """All ponder steps of one input step for the rows given, dropping rows as they halt.
 
-    cell: (L, n, K, D) s_{t-1}; x: (n, I) the input, for ``first``: the stack's first ponder
-    step (flag set) in one ATen call; its projection for the later ones is computed only if
+    cell: (L, n, K, D) s_{t-1}; x: (n, I) the input; ``first``: the stack's first ponder step
+    (flag set), whose input bias (``first_input_bias``) projects it for n = 1; its projection
+    for the later ones is computed only if
     some row ponders on (not for every step ahead: at (T, B, I, D) = (50, 256, 2, 110) that
     (T, B, G*D) projection took 7-16 ms where ``nn.LSTM``'s whole call took 25 ms, one thread,
     loaded machine).
@@ -120,7 +121,8 @@ def ponder(module, layers, cell: Tensor, x: Tensor, first: AtenStep) -> tuple[Te
     max_steps = int(module.options["max_steps"])
     threshold = 1.0 - float(module.options["epsilon"])
     count = x.shape[0]
-    s = first(x, cell)  # n = 1: the flag's weights are part of the first layer's input bias
+    # n = 1: the flag's weights are part of the first layer's input bias
+    s = projected_stack_step(module.cell, layers, project(x, layers[0].ih, first.first_input_bias), cell)
     h = module.halting_prob(s)  # (n,)
     if max_steps == 1 or bool((h >= threshold).all()):
         # Every row halts at the first ponder step: p = 1 - 0 = 1, so the mean-field state is

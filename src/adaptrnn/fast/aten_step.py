@@ -1,13 +1,15 @@
-"""One dense step (every row, every neuron) through ATen's fused RNN kernels.
+"""Dense windows (every row, every neuron, several steps) through ATen's fused RNN kernels.
 
-When every row of a batch computes everything at a step (Skip RNN: every row due; VCRNN:
-every row at d_t = D; SA-RNN: every neuron of every row; ACT: the first ponder step), the
-batched fast paths need nothing but the plain cell, and ATen's ``torch.lstm`` / ``torch.gru``
-/ ``torch.rnn_tanh`` over a one-step sequence computes it in one call: both products and the
-element-wise cell fused (oneDNN on a CPU). Measured at (B, D) = (256, 110), one thread: 50
-such calls cost 1.2x one whole-sequence call, where two ``addmm`` and the element-wise cell
-from Python (native or ATen operators) cost 1.5-1.6x (docs/speed.md). The kernels are the
-ones ``DenseRNN`` runs, tested equal to the reference cells.
+When every row of a batch computes everything at a run of steps (Skip RNN: every row due;
+VCRNN: every row at d_t = D; SA-RNN: every neuron of every row; ACT: the first ponder step),
+the batched fast paths need nothing but the plain cell, and ATen's ``torch.lstm`` /
+``torch.gru`` / ``torch.rnn_tanh`` over those steps computes them in one call (oneDNN on a
+CPU), the kernels ``DenseRNN`` runs, tested equal to the reference cells
+(``adaptrnn.fast.speculate`` decides which steps qualify). A single such step is not called
+this way: at (B, D) = (256, 110) a one-step call cost 0.55 ms (LSTM, one thread), where
+``weights.stack_step`` (the products in BLAS, the element-wise cell in one native call) cost
+0.41 ms; it was faster at every shape measured but the GRU at (256, 256), two threads
+(``benchmarks/results/one_step_ab.txt``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class AtenStep:
         self.parts = STATE_PARTS[module.cell]
         self.has_biases = module.bias or first_bias is not None
         self.params: list[Tensor] = []
+        self.first_input_bias: Tensor | None = None  # the first layer's b_ih (+ first_bias), or None
         for layer in layers:
             w_ih, w_hh, b_ih, b_hh = (p.detach() if p is not None else None for p in module.layer_weights(layer))
             if self.has_biases:
@@ -42,10 +45,8 @@ class AtenStep:
                 self.params += [w_ih, w_hh, b_ih, b_hh]
             else:
                 self.params += [w_ih, w_hh]
-
-    def __call__(self, x: Tensor, s: Tensor) -> Tensor:
-        """x: (n, C) the first layer's input; s: (layers, n, K, D) -> the new state, same shape."""
-        return self.sequence(x.unsqueeze(0), s)[1]
+            if layer == layers[0]:
+                self.first_input_bias = b_ih
 
     def sequence(self, xs: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         """Several steps in one call (``adaptrnn.fast.speculate``'s windows).

@@ -6,7 +6,8 @@
  * element-wise cell, so work left out (skipped steps, d_t blocks, idle neurons, ponder
  * steps not taken) is time saved in proportion.
  *
- * The loops are written once in native_loops.h (SA-RNN's in native_sa.h) and included twice:
+ * The loops are written once in native_loops.h (SA-RNN's in native_sa.h, the batched ones that
+ * call torch's BLAS in native_batch.h) and included twice:
  * with REAL = float (suffix _f32; exp is a Cephes-style polynomial, relative error ~2e-7, so the
  * element-wise loops vectorise without -ffast-math) and REAL = double (suffix _f64; libm's exp),
  * the latter so that tests can compare with the reference to float64 precision.
@@ -109,6 +110,9 @@ int native_openmp(void) {
 static inline int gates(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1; }
 static inline int parts(int cell) { return cell == CELL_LSTM ? 2 : 1; }
 
+/* Neurons per block of the element-wise cell: one 64-byte vector of floats, two of doubles. */
+enum { PW = 16 };
+
 static inline float exp_f32(float x) {
     /* Written without library calls or branches (ternaries, magic-number rounding, a union
      * bit cast) so that loops calling it vectorise without -ffast-math. */
@@ -154,6 +158,7 @@ static inline int sa_padded(int n) { return (n + SA_PAD - 1) / SA_PAD * SA_PAD; 
 typedef int32_t MASK32 __attribute__((vector_size(32)));
 #include "native_loops.h"
 #include "native_sa.h"
+#include "native_batch.h"
 #undef REAL
 #undef SUF
 #undef EXP
@@ -170,3 +175,4 @@ typedef int32_t MASK32 __attribute__((vector_size(32)));
 typedef int64_t MASK64 __attribute__((vector_size(32)));
 #include "native_loops.h"
 #include "native_sa.h"
+#include "native_batch.h"

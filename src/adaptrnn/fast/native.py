@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import glob
 import importlib.util
 import os
 import warnings
@@ -51,7 +52,11 @@ SIGNATURES = {  # name: (argument types, return type); every REAL array is a voi
     "sa_run": ([_ptr, _int, _ptr, _i64, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr], _int),
     "act_run": ([_ptr, _ptr, _i64, _ptr, _i64, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
     "pointwise_rows": ([_int, _ptr, _i64, _ptr, _i64, _i64, _int, _ptr, _ptr], None),
+    "gemm_probe": ([_ptr], _int),
+    "skip_window": ([_ptr, _ptr, _ptr, _i64, _i64, _dbl, _ptr, _ptr, _ptr], _i64),
+    "batch_step": ([_ptr, _ptr, _ptr, _i64, _ptr, _ptr], _int),
 }
+BLAS_GEMM = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran names, as MKL and OpenBLAS export them
 
 
 class _Net(ctypes.Structure):
@@ -115,6 +120,33 @@ def applies(module, state_cell: Tensor) -> bool:
     params = (*module.parameters(), state_cell)
     ok = dtype in SUFFIX and all(p.device.type == "cpu" and p.dtype == dtype for p in params)
     return ok and state_cell.shape[1] == 1 and library() is not None
+
+
+@functools.cache
+def blas_gemm(dtype: torch.dtype) -> int | None:
+    """The address of the ``?gemm_`` of the BLAS in torch's own library, if it exports one that
+    passes ``gemm_probe`` (a small strided product against a plain loop); else None, and the
+    batched paths stay in PyTorch. Found by name in the library file, never loaded from elsewhere."""
+    lib = library()
+    if lib is None or dtype not in BLAS_GEMM:
+        return None
+    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for path in sorted(glob.glob(os.path.join(folder, "libtorch_cpu*"))):
+        try:
+            address = ctypes.cast(getattr(ctypes.CDLL(path), BLAS_GEMM[dtype]), ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+        if address and getattr(lib, "gemm_probe" + SUFFIX[dtype])(address):
+            return address
+    return None
+
+
+def batch_applies(module, state_cell: Tensor) -> bool:
+    """Whether the native batched loops can run: as :func:`applies` at any batch, with torch's BLAS found."""
+    dtype = state_cell.dtype
+    params = (*module.parameters(), state_cell)
+    ok = dtype in SUFFIX and all(p.device.type == "cpu" and p.dtype == dtype for p in params)
+    return ok and library() is not None and blas_gemm(dtype) is not None
 
 
 class NativeNet:
@@ -216,6 +248,32 @@ def skip_run(module, x: Tensor, first: int, end: int, threshold: float, cell: Te
     return steps[:count], hidden[:count], deltas[:count].double().numpy()
 
 
+def skip_window(module, x: Tensor, cell: Tensor, threshold: float) -> tuple[Tensor, int, Tensor, Tensor]:
+    """Skip RNN's dense window for a batch due at its first step (``skip_window`` in native_batch.h).
+
+    x: (k, B, I); cell: (L, B, K, D), not changed. Returns the top h of the steps taken (a, B, D),
+    a (≥ 1), the state after them (L, B, K, D) and their Δũ (a, B). Needs :func:`batch_applies`.
+    """
+    net = stack_net(module)
+    steps, batch = x.shape[:2]
+    x, state = x.contiguous(), cell.contiguous().clone()  # the caller's log may hold views of cell
+    outs = x.new_empty(steps, batch, module.hidden_size)
+    deltas = x.new_empty(steps, batch)
+    taken = net.call("skip_window", blas_gemm(net.dtype), x, steps, batch, threshold, state, outs, deltas)
+    _check(0 if taken >= 0 else -1)
+    return outs[:taken], int(taken), state, deltas[:taken]
+
+
+def batch_step(module, x: Tensor, cell: Tensor) -> Tensor:
+    """One stack step for every row of ``cell`` (L, n, K, D), contiguous and stepped in place
+    (``batch_step`` in native_batch.h). x: (n, I). Returns the rows' Δũ (n,) (Skip RNN's gate;
+    zeros' sigmoid, 0.5, for a module without one). Needs :func:`batch_applies`."""
+    net = stack_net(module)
+    gate = x.new_empty(x.shape[0])
+    _check(net.call("batch_step", blas_gemm(net.dtype), x.contiguous(), x.shape[0], cell, gate))
+    return gate
+
+
 def vc_layer(module, layer: int, x: Tensor, steps: int, x_score: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """VCRNN's hard-mode loop over one layer for one sequence (see ``vc_run`` in native_loops.h).
 
@@ -313,26 +371,29 @@ def _pointer(t: Tensor, dtype: torch.dtype) -> int:
     return t.data_ptr()
 
 
-def pointwise(cell: str, gx: Tensor, gh: Tensor, s: Tensor) -> Tensor:
+def pointwise(cell: str, gx: Tensor, gh: Tensor | None, s: Tensor) -> Tensor:
     """``cells.pointwise`` in one native call where it can (CPU, float32 / float64, rows contiguous).
 
-    gx, gh: (n, G*D); s: (n, K, D) -> (n, K, D). Falls back to ``cells.pointwise`` otherwise.
+    gx, gh: (n, G*D); gh None (RNN and LSTM only): gx is the summed pre-activation
+    ``gx + gh``. s: (n, K, D) -> (n, K, D). Falls back to ``cells.pointwise`` otherwise.
     """
+    if gh is None and cell == "gru":
+        raise ValueError("the GRU's candidate needs its hidden projection apart: gh is required")
     dtype, lib = s.dtype, library()
     usable = (
         lib is not None
         and dtype in SUFFIX
         and s.device.type == "cpu"
-        and gx.dtype == gh.dtype == dtype
+        and gx.dtype == dtype
         and gx.stride(-1) == 1
-        and gh.stride(-1) == 1
+        and (gh is None or (gh.dtype == dtype and gh.stride(-1) == 1))
     )
     if not usable:
-        return cells.pointwise(cell, gx, gh, s)
+        return cells.pointwise(cell, gx, torch.zeros_like(gx) if gh is None else gh, s)
     s = s.contiguous()
     out = torch.empty_like(s)
     function = getattr(lib, "pointwise_rows" + SUFFIX[dtype])
     n, d = s.shape[0], s.shape[2]
-    rows = (gx.data_ptr(), gx.stride(0), gh.data_ptr(), gh.stride(0))
+    rows = (gx.data_ptr(), gx.stride(0), None if gh is None else gh.data_ptr(), 0 if gh is None else gh.stride(0))
     function(CELLS.index(cell), *rows, n, d, s.data_ptr(), out.data_ptr())
     return out

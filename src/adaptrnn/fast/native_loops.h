@@ -89,33 +89,74 @@ static REAL SUF(dot)(const REAL *restrict a, const REAL *restrict b, int n) {
     return s;
 }
 
-/* The element-wise cell for n neurons: gate g of neuron k at gx[g*n + k] (gate-major);
- * h, c: the neurons' state (c only for the LSTM), updated in place. */
-static void SUF(pointwise)(int cell, const REAL *restrict gx, const REAL *restrict gh, int n, REAL *restrict h,
-                           REAL *restrict c) {
-    if (cell == CELL_RNN) {
-        for (int k = 0; k < n; ++k) h[k] = SUF(tanh_)(gx[k] + gh[k]);
+/* RNN and LSTM on PW neurons, pre-activation of gate g of neuron k: PRE(g * stride + k). */
+#define CELL_LANES_TANH_LSTM(PRE)                                                                  \
+    if (cell == CELL_RNN) {                                                                        \
+        for (int k = 0; k < PW; ++k) h[k] = SUF(tanh_)(PRE(k));                                    \
+    } else {                                                                                       \
+        for (int k = 0; k < PW; ++k) {                                                             \
+            const REAL i = SUF(sigmoid)(PRE(k));                                                   \
+            const REAL f = SUF(sigmoid)(PRE(stride + k));                                          \
+            const REAL g = SUF(tanh_)(PRE(2 * stride + k));                                        \
+            const REAL o = SUF(sigmoid)(PRE(3 * stride + k));                                      \
+            c[k] = f * c[k] + i * g;                                                               \
+            h[k] = o * SUF(tanh_)(c[k]);                                                           \
+        }                                                                                          \
+    }
+#define APART(i) (gx[i] + gh[i])
+#define SUMMED(i) (gx[i])
+
+/* The element-wise cell on PW neurons: gate g of neuron j at gx[g*stride + j] (gate-major);
+ * h, c: their state (c only for the LSTM), updated in place. gh NULL (RNN, LSTM): gx holds
+ * the summed pre-activations. A fixed trip count, so each statement is whole vectors with no
+ * remainder loop; the two forms are separate loops (a test of gh inside one stopped GCC
+ * from vectorising it). */
+static inline void SUF(cell_lanes)(int cell, const REAL *restrict gx, const REAL *restrict gh, int stride,
+                                   REAL *restrict h, REAL *restrict c) {
+    if (!gh) {
+        CELL_LANES_TANH_LSTM(SUMMED)
     } else if (cell == CELL_GRU) {
-        for (int k = 0; k < n; ++k) {
+        for (int k = 0; k < PW; ++k) {
             const REAL r = SUF(sigmoid)(gx[k] + gh[k]);
-            const REAL z = SUF(sigmoid)(gx[n + k] + gh[n + k]);
-            const REAL nn = SUF(tanh_)(gx[2 * n + k] + r * gh[2 * n + k]);
+            const REAL z = SUF(sigmoid)(gx[stride + k] + gh[stride + k]);
+            const REAL nn = SUF(tanh_)(gx[2 * stride + k] + r * gh[2 * stride + k]);
             h[k] = (ONE - z) * nn + z * h[k];
         }
     } else {
-        for (int k = 0; k < n; ++k) {
-            const REAL i = SUF(sigmoid)(gx[k] + gh[k]);
-            const REAL f = SUF(sigmoid)(gx[n + k] + gh[n + k]);
-            const REAL g = SUF(tanh_)(gx[2 * n + k] + gh[2 * n + k]);
-            const REAL o = SUF(sigmoid)(gx[3 * n + k] + gh[3 * n + k]);
-            c[k] = f * c[k] + i * g;
-            h[k] = o * SUF(tanh_)(c[k]);
-        }
+        CELL_LANES_TANH_LSTM(APART)
     }
+}
+#undef CELL_LANES_TANH_LSTM
+#undef APART
+#undef SUMMED
+
+/* The element-wise cell for n neurons: gate g of neuron k at gx[g*n + k] (gate-major);
+ * h, c: the neurons' state (c only for the LSTM), updated in place. In blocks of PW; the
+ * last n % PW neurons go through a zero-padded copy, so that they too run as whole vectors
+ * (a scalar remainder of 14 neurons took as long as the 96 before it, at n = 110). */
+static void SUF(pointwise)(int cell, const REAL *restrict gx, const REAL *restrict gh, int n, REAL *restrict h,
+                           REAL *restrict c) {
+    if (cell != CELL_LSTM) c = NULL; /* callers may pass the address past h */
+    int k = 0;
+    for (; k + PW <= n; k += PW) SUF(cell_lanes)(cell, gx + k, gh ? gh + k : NULL, n, h + k, c ? c + k : NULL);
+    const int rest = n - k;
+    if (!rest) return;
+    const int g = gates(cell);
+    REAL bx[4 * PW] = {0}, bh[4 * PW] = {0}, hh[PW] = {0}, cc[PW] = {0};
+    for (int j = 0; j < g; ++j) {
+        memcpy(bx + j * PW, gx + (size_t)j * n + k, sizeof(REAL) * rest);
+        if (gh) memcpy(bh + j * PW, gh + (size_t)j * n + k, sizeof(REAL) * rest);
+    }
+    memcpy(hh, h + k, sizeof(REAL) * rest);
+    if (c) memcpy(cc, c + k, sizeof(REAL) * rest);
+    SUF(cell_lanes)(cell, bx, gh ? bh : NULL, PW, hh, cc);
+    memcpy(h + k, hh, sizeof(REAL) * rest);
+    if (c) memcpy(c + k, cc, sizeof(REAL) * rest);
 }
 
 /* The element-wise cell for a batch: rows r < n of gx and gh ((n, G*D) gate-major, row
- * strides gx_ld and gh_ld), state s (n, K, D) contiguous -> out (n, K, D). One call replaces
+ * strides gx_ld and gh_ld; gh NULL: gx summed, RNN and LSTM), state s (n, K, D) contiguous ->
+ * out (n, K, D). One call replaces
  * the ~10 element-wise tensor operations of cells.pointwise (and their temporaries) in the
  * batched fast paths. */
 void SUF(pointwise_rows)(int cell, const REAL *gx, int64_t gx_ld, const REAL *gh, int64_t gh_ld, int64_t n, int d,
@@ -124,7 +165,7 @@ void SUF(pointwise_rows)(int cell, const REAL *gx, int64_t gx_ld, const REAL *gh
     for (int64_t r = 0; r < n; ++r) {
         REAL *h = out + (size_t)r * k * d;
         memcpy(h, s + (size_t)r * k * d, sizeof(REAL) * (size_t)k * d);
-        SUF(pointwise)(cell, gx + (size_t)r * gx_ld, gh + (size_t)r * gh_ld, d, h, h + d);
+        SUF(pointwise)(cell, gx + (size_t)r * gx_ld, gh ? gh + (size_t)r * gh_ld : NULL, d, h, h + d);
     }
 }
 

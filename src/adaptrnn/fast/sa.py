@@ -23,7 +23,7 @@ from ..layer import RecurrentState, Stats, valid_float
 from . import native
 from .aten_step import AtenStep
 from .speculate import StepThreads, Window, step_macs, window
-from .weights import gate_major, neuron_major, project, transposed
+from .weights import gate_major, neuron_major, project, stack_step, transposed
 
 # Gathering the active rows adds ~10 tensor operations per step (tens of microseconds from
 # Python); it pays only when it leaves out more multiply-adds than this, else one masked
@@ -113,7 +113,7 @@ def _steps(module, layer: int, layer_in: Tensor, rows, full, s: Tensor, valid) -
             active = u.any(0).nonzero().squeeze(1)  # (k,) neurons updated by some row
             k = active.numel()
             if every:  # a dense step, no mask
-                s = dense(layer_in[t], s.unsqueeze(0))[0]
+                s = stack_step(module.cell, [full], layer_in[t], s.unsqueeze(0))[0]
             elif (size - k) * gates * (in_size + size) * batch < GATHER_MIN_MACS:
                 gx = project(layer_in[t], full.ih, full.b_ih)
                 gh = project(s[:, 0], full.hh, full.b_hh)

@@ -27,7 +27,7 @@ from torch import Tensor
 from ..layer import RecurrentState, Stats, valid_float
 from . import native
 from .aten_step import AtenStep
-from .speculate import LSTM_WINDOW_MAX_MACS, LstmWindow, StepThreads, Window, flat, step_macs, stepwise, window
+from .speculate import COUNTS, LSTM_WINDOW_MAX_MACS, LstmWindow, StepThreads, Window, flat, step_macs, stepwise, window
 from .weights import stack_step, transposed
 
 Features = Callable[[Tensor, Tensor], Tensor]  # (steps (n,), rows (n,)) -> (n, I)
@@ -199,32 +199,36 @@ def _run_batch(
             if isinstance(inputs, Tensor) and due.size == batch:
                 length = all_end - t if dense.parts == 2 and lstm is None else spans.length(all_end - t)
             if length >= 2:  # every row is due at t: try a dense window from t
-                _window(module, dense, lstm, spans, inputs, log, t, length, next_t, threshold, threads)
+                _window(module, (layers, dense, lstm), spans, inputs, log, t, length, next_t, threshold, threads)
             else:
                 # Most rows due at the earliest step: step those alone, so that the others can
                 # fall back in line with them and a window can follow; else a round of every row.
                 rows = due if 2 * due.size > live.size else live
                 if log.in_order and rows.size > due.size:
                     log.split(t)
-                _round(module, layers, dense, inputs, log, rows, next_t, threshold)
+                _round(module, layers, inputs, log, rows, next_t, threshold, threads)
             next_t[next_t >= ends] = np.inf
     log.hold_until(out.shape[0])
     return log
 
 
-def _round(module, layers, dense, inputs, log: UpdateLog, rows: np.ndarray, next_t, threshold: float) -> None:
+def _round(module, layers, inputs, log: UpdateLog, rows: np.ndarray, next_t, threshold: float, threads) -> None:
     """The next update of ``rows``, each at its own step (``next_t``), as one batched step: their
     new state, logged with its top-layer h, and their next update."""
     device = log.cell.device
     steps = next_t[rows].astype(np.int64)
     rows_t, steps_t = torch.from_numpy(rows).to(device), torch.from_numpy(steps).to(device)
     x = inputs[steps_t, rows_t] if isinstance(inputs, Tensor) else inputs(steps_t, rows_t)  # (n, I)
-    if rows.size == log.cell.shape[1]:  # every row: no gather, and the new state replaces the old
-        log.cell = new = dense(x, log.cell)
-    else:  # out of place: the log keeps views of earlier states
-        new = stack_step(module.cell, layers, x, log.cell.index_select(1, rows_t))
-        log.cell = log.cell.index_copy(1, rows_t, new)
-    delta = module.update_increment(new).double().cpu().numpy()  # (n,) Δũ of eq. 4
+    every = rows.size == log.cell.shape[1]  # every row: no gather, and the new state replaces the old
+    if native.batch_applies(module, log.cell):  # stepped in place in C: on a copy, the log keeps views
+        new = log.cell.clone(memory_format=torch.contiguous_format) if every else log.cell.index_select(1, rows_t)
+        with threads.wide():  # no per-step hand-offs from Python: the threads pay here
+            delta = native.batch_step(module, x, new)
+    else:
+        new = stack_step(module.cell, layers, x, log.cell if every else log.cell.index_select(1, rows_t))
+        delta = module.update_increment(new)  # (n,) Δũ of eq. 4
+    log.cell = new if every else log.cell.index_copy(1, rows_t, new)  # out of place, as above
+    delta = delta.double().cpu().numpy()
     _schedule(next_t, rows, steps, delta, threshold)
     # In time order every row's state is at steps[0], and its output there is the current top h.
     log.record(steps, rows, new[-1, :, 0], delta, int(steps[0]), log.cell[-1:, :, 0])
@@ -239,7 +243,7 @@ def _schedule(next_t: np.ndarray, rows, t: int | np.ndarray, delta: np.ndarray, 
 
 
 def _window(
-    module, dense, lstm, spans: Window, x: Tensor, log: UpdateLog, t: int, length: int, next_t, threshold, threads
+    module, kernels: tuple, spans: Window, x: Tensor, log: UpdateLog, t: int, length: int, next_t, threshold, threads
 ) -> None:
     """A speculative dense window of ``length`` steps from t, at which every row is due.
 
@@ -249,6 +253,7 @@ def _window(
     it is None, read after each of ``speculate.stepwise``'s one-step calls). The accepted steps
     are logged as updates of every row; the last one's Δũ schedules each row's next update.
     """
+    layers, dense, lstm = kernels  # transposed weights; the stack's AtenStep; an LstmWindow or None
     every = np.arange(log.cell.shape[1])
     seen: dict[str, list[Tensor]] = {"delta": []}
 
@@ -258,14 +263,20 @@ def _window(
         due = delta.gt(threshold).all(1) if threshold < 1 else torch.zeros_like(delta[:, 0], dtype=torch.bool)
         return torch.cat([due.new_ones(1), due[:-1]])  # step 0 is due for every row
 
-    def next_ok(hx: list[Tensor]) -> bool:  # the LSTM: Δũ from the top layer's c
-        delta = module.update_increment(hx[-1][-1:].unsqueeze(2)).double()  # (B,)
+    def next_ok(state: Tensor) -> bool:  # the LSTM: Δũ from the top layer's c
+        delta = module.update_increment(state).double()  # (B,)
         seen["delta"].append(delta.unsqueeze(0))
         return threshold < 1 and bool(delta.gt(threshold).all())
 
     xs = x[t : t + length]
-    if dense.parts == 2 and lstm is None:
-        outs, accepted, log.cell = stepwise(dense, xs, log.cell, next_ok)
+    if dense.parts == 2 and lstm is None and native.batch_applies(module, log.cell):  # the same steps, in C
+        COUNTS["native"] += 1
+        with threads.wide():  # no per-step hand-offs from Python: the threads pay here
+            outs, accepted, log.cell, delta = native.skip_window(module, xs, log.cell, threshold)
+        seen["delta"].append(delta.double())
+    elif dense.parts == 2 and lstm is None:
+        step = lambda x_t, s: stack_step(module.cell, layers, x_t, s)  # noqa: E731
+        outs, accepted, log.cell = stepwise(step, xs, log.cell, next_ok)
     else:
         with threads.wide():  # whole-sequence calls; the LSTM's one-step calls keep one thread
             if lstm is None:

@@ -50,7 +50,8 @@ from torch import Tensor
 
 from .aten_step import AtenStep
 
-COUNTS: Counter[str] = Counter()  # "windows", "steps" (accepted), "failed"; "recovered", "stepwise" (LSTM)
+# "windows", "steps" (accepted), "failed"; the LSTM's: "recovered", "stepwise", "native" (native.skip_window)
+COUNTS: Counter[str] = Counter()
 
 
 class Window:
@@ -107,21 +108,23 @@ def window(dense: AtenStep, xs: Tensor, s: Tensor, check: Check) -> tuple[Tensor
     return outs, accepted, dense.sequence(xs[:accepted], s)[1]  # the accepted steps again
 
 
-def stepwise(dense: AtenStep, xs: Tensor, s: Tensor, next_ok: Callable[[list[Tensor]], bool]) -> tuple:
+def stepwise(
+    step: Callable[[Tensor, Tensor], Tensor], xs: Tensor, s: Tensor, next_ok: Callable[[Tensor], bool]
+) -> tuple:
     """A window whose decisions read the LSTM's c, which a whole-sequence call does not return
-    per step: one-step calls, each followed by ``next_ok(hx)`` (hx: ATen's [h, c] after the step,
-    each (L, n, D)) saying whether the next step computes everything; stops after the first that
-    does not, so no step is wasted. Same returns as :func:`window`, outs only for accepted steps.
+    per step: one-step calls ``step(x, s)`` ((n, C), (L, n, K, D) -> the new state), each
+    followed by ``next_ok(s)`` on the new state saying whether the next step computes
+    everything; stops after the first that does not, so no step is wasted. Same returns as
+    :func:`window`, outs only for accepted steps.
     """
     COUNTS["stepwise"] += 1
-    hx = [s[:, :, k].contiguous() for k in range(dense.parts)]
     tops = []
     for i in range(xs.shape[0]):
-        _, hx = dense.raw(xs[i : i + 1], hx)
-        tops.append(hx[0][-1])
-        if not next_ok(hx):
+        s = step(xs[i], s)
+        tops.append(s[-1, :, 0])
+        if not next_ok(s):
             break
-    return torch.stack(tops), len(tops), torch.stack(hx, dim=2)
+    return torch.stack(tops), len(tops), s
 
 
 class LstmWindow:

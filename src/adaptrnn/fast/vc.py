@@ -28,7 +28,7 @@ from ..methods.vc import active_dims
 from . import native
 from .aten_step import AtenStep
 from .speculate import StepThreads, Window, step_macs, window
-from .weights import gate_major, neuron_major, project, transposed
+from .weights import gate_major, neuron_major, project, stack_step, transposed
 
 
 def vc_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -> tuple[Tensor, RecurrentState, Stats]:
@@ -98,7 +98,7 @@ def _steps(module, layer: int, layer_in: Tensor, x_score: Tensor, blocks: SubMat
                     t, state = _window(dense, spans, inputs, (out, ms, ds), t, steps, state, m)
                 continue
             if full:  # a dense step
-                state = dense(layer_in[t], state.unsqueeze(0))[0]
+                state = stack_step(module.cell, [transposed(module)[layer]], layer_in[t], state.unsqueeze(0))[0]
             elif top:
                 mixed = low != top
                 h = state[:, 0, :top]

@@ -105,14 +105,34 @@ def stack_step(cell: str, layers: list[LayerWeights], x: Tensor, s: Tensor) -> T
 
     x: (n, I) layer 0's input; s: (L, n, K, D) -> (L, n, K, D). ``layers`` from :func:`transposed`.
     """
-    return projected_stack_step(cell, layers, project(x, layers[0].ih, layers[0].b_ih), s)
+    return _stack(cell, layers, x, None, s)
 
 
 def projected_stack_step(cell: str, layers: list[LayerWeights], gx0: Tensor, s: Tensor) -> Tensor:
-    """:func:`stack_step` given layer 0's input projection gx0 (n, G*D)."""
-    new = []
+    """:func:`stack_step` given layer 0's input projection gx0 (n, G*D), its bias b_ih included."""
+    return _stack(cell, layers, None, gx0, s)
+
+
+def _stack(cell: str, layers: list[LayerWeights], x: Tensor | None, gx0: Tensor | None, s: Tensor) -> Tensor:
+    new: list[Tensor] = []
     for layer, w in enumerate(layers):
-        gx = gx0 if layer == 0 else project(new[-1][:, 0], w.ih, w.b_ih)  # (n, G*D)
-        gh = project(s[layer, :, 0], w.hh, w.b_hh)  # (n, G*D)
-        new.append(native.pointwise(cell, gx, gh, s[layer]))  # one call where the extension is built
+        z, h = x if layer == 0 else new[-1][:, 0], s[layer, :, 0]
+        given = gx0 if layer == 0 else None
+        if cell == "gru":  # the candidate reads r ⊙ (W_hn h + b_hn): the products stay apart
+            gx = given if given is not None else project(z, w.ih, w.b_ih)
+            new.append(native.pointwise(cell, gx, project(h, w.hh, w.b_hh), s[layer]))
+            continue
+        # RNN, LSTM: one pre-activation, the recurrent product accumulated onto the input's
+        # (addmm's beta = 1), so no (n, G*D) sum is formed apart
+        if given is None:
+            pre = project(z, w.ih, _bias_sum(w.b_ih, w.b_hh)).addmm_(h, w.hh)
+        else:
+            pre = torch.addmm(given, h, w.hh) if w.b_hh is None else torch.addmm(given + w.b_hh, h, w.hh)
+        new.append(native.pointwise(cell, pre, None, s[layer]))  # one call where the extension is built
     return new[0].unsqueeze(0) if len(new) == 1 else torch.stack(new)  # one layer: a view, no copy
+
+
+def _bias_sum(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
+    if b_ih is None or b_hh is None:
+        return b_hh if b_ih is None else b_ih
+    return b_ih + b_hh

@@ -1,0 +1,117 @@
+/* Batched loops with the products in the BLAS that torch itself links: its Fortran ?gemm_,
+ * found and probed by adaptrnn/fast/native.py and passed in as `gemm`. Included twice by
+ * native.c after native_loops.h (REAL = float, double).
+ *
+ * From Python a batched step is a few tensor operations plus ~30-60 us of bookkeeping; at
+ * (B, D) = (256, 110) that bookkeeping and the one-step calls' setup cost as much as the step's
+ * element-wise work. Here a step is its two products (BLAS, torch's threads) and one pass of
+ * the element-wise cell over the rows (OpenMP). */
+
+#define W(p, l) ((const REAL *)(p)[l])
+#define WB(p, l) ((p) ? (const REAL *)(p)[l] : NULL)
+
+typedef void (*SUF(gemm_t))(const char *, const char *, const int *, const int *, const int *, const REAL *,
+                             const REAL *, const int *, const REAL *, const int *, const REAL *, REAL *, const int *);
+
+/* c = beta c + a w, all row-major: c (rows, cols) row stride ldc, a (rows, inner) row stride
+ * lda, w (inner, cols) contiguous. Column-major BLAS computes the transpose, cᵀ = wᵀ aᵀ. */
+static void SUF(matmul)(void *gemm, int rows, int cols, int inner, const REAL *a, int lda, const REAL *w, REAL beta,
+                        REAL *c, int ldc) {
+    const REAL one = 1;
+    ((SUF(gemm_t))gemm)("N", "N", &cols, &rows, &inner, &one, w, &cols, a, &lda, &beta, c, &ldc);
+}
+
+/* 1 if `gemm` computes a small strided product as a plain loop does (to rounding): guards
+ * against a BLAS with another integer width or calling convention than this file assumes. */
+int SUF(gemm_probe)(void *gemm) {
+    enum { R = 3, N = 2, K = 4, LDA = 5 };
+    REAL a[R * LDA], w[K * N], c[R * N], want[R * N];
+    for (int i = 0; i < R * LDA; ++i) a[i] = (REAL)(i % 7) - 3;
+    for (int i = 0; i < K * N; ++i) w[i] = (REAL)(i % 5) * (REAL)0.5 - 1;
+    for (int i = 0; i < R * N; ++i) c[i] = want[i] = (REAL)i;
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < N; ++j)
+            for (int k = 0; k < K; ++k) want[r * N + j] += a[r * LDA + k] * w[k * N + j];
+    SUF(matmul)(gemm, R, N, K, a, LDA, w, 1, c, N);
+    for (int i = 0; i < R * N; ++i)
+        if (fabs((double)(c[i] - want[i])) > 1e-4 * (1 + fabs((double)want[i]))) return 0;
+    return 1;
+}
+
+/* One step of the stack for `batch` rows, in place. x: (batch, I) row stride x_ld; state
+ * (L, batch, K, D) contiguous; scratch: 2 * batch * G * D. RNN and LSTM sum both products into
+ * one pre-activation; the GRU keeps W_hn h apart (its candidate reads r ⊙ (W_hn h + b_hn)). */
+static void SUF(batch_stack_step)(const Net *net, void *gemm, const REAL *x, int x_ld, int batch, REAL *state,
+                                  REAL *scratch) {
+    const int d = net->hidden, k = parts(net->cell), n = gates(net->cell) * d, apart = net->cell == CELL_GRU;
+    REAL *gx = scratch, *gh = scratch + (size_t)batch * n;
+    for (int layer = 0; layer < net->layers; ++layer) {
+        REAL *s = state + (size_t)layer * batch * k * d;
+        const REAL *in = layer == 0 ? x : s - (size_t)batch * k * d; /* the layer below, already stepped */
+        const int in_size = layer == 0 ? net->input_size : d, in_ld = layer == 0 ? x_ld : k * d;
+        const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
+        for (int j = 0; j < n; ++j) { /* row 0 holds the biases, copied to the others */
+            const REAL bx = b_ih ? b_ih[j] : 0, bh = b_hh ? b_hh[j] : 0;
+            gx[j] = apart ? bx : bx + bh;
+            if (apart) gh[j] = bh;
+        }
+        for (int r = 1; r < batch; ++r) {
+            memcpy(gx + (size_t)r * n, gx, sizeof(REAL) * n);
+            if (apart) memcpy(gh + (size_t)r * n, gh, sizeof(REAL) * n);
+        }
+        SUF(matmul)(gemm, batch, n, in_size, in, in_ld, W(net->w_ih_t, layer), 1, gx, n);
+        SUF(matmul)(gemm, batch, n, d, s, k * d, W(net->w_hh_t, layer), 1, apart ? gh : gx, n);
+        const int use = net->threads > 1 && (long)batch * d >= PARALLEL_MIN / 8 ? net->threads : 1;
+        (void)use; /* unused in a build without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
+        for (int r = 0; r < batch; ++r) {
+            REAL *h = s + (size_t)r * k * d;
+            SUF(pointwise)(net->cell, gx + (size_t)r * n, apart ? gh + (size_t)r * n : NULL, d, h, h + d);
+        }
+    }
+}
+
+/* One step of the stack for n rows, in place (x: (n, I) contiguous; state (L, n, K, D)
+ * contiguous), and each row's gate value σ(gate_w · s + gate_b) from the top layer's last part
+ * into gate (n) (Skip RNN's Δũ, eq. 4). Returns 0, or -1 if the work space could not be allocated. */
+int SUF(batch_step)(const Net *net, void *gemm, const REAL *x, int64_t n, REAL *state, REAL *gate) {
+    const int d = net->hidden, k = parts(net->cell);
+    REAL *scratch = malloc(sizeof(REAL) * 2 * (size_t)n * gates(net->cell) * d);
+    if (!scratch) return -1;
+    SUF(batch_stack_step)(net, gemm, x, net->input_size, (int)n, state, scratch);
+    free(scratch);
+    const REAL *top = state + (size_t)(net->layers - 1) * n * k * d + (size_t)(k - 1) * d;
+    for (int64_t r = 0; r < n; ++r) gate[r] = SUF(gate)(net, top + (size_t)r * k * d);
+    return 0;
+}
+
+/* Skip RNN's dense window for a batch whose rows are all due at its first step: up to `steps`
+ * steps of every row (x: (steps, batch, I) contiguous), each followed by every row's Δũ (eq. 4,
+ * from the top layer's c for the LSTM, h otherwise); stops after the first step that leaves some
+ * row with Δũ ≤ threshold (so not due at the next step: eq. 5-6). state (L, batch, K, D) is
+ * stepped in place; outs (steps, batch, D) get the top h, deltas (steps, batch) Δũ. Returns the
+ * steps taken (≥ 1), or -1 if the work space could not be allocated. */
+int64_t SUF(skip_window)(const Net *net, void *gemm, const REAL *x, int64_t steps, int64_t batch, double threshold,
+                         REAL *state, REAL *outs, REAL *deltas) {
+    const int d = net->hidden, k = parts(net->cell), in = net->input_size;
+    REAL *scratch = malloc(sizeof(REAL) * 2 * (size_t)batch * gates(net->cell) * d);
+    if (!scratch) return -1;
+    const REAL *top = state + (size_t)(net->layers - 1) * batch * k * d;
+    int64_t i = 0;
+    for (int due = 1; i < steps && due; ++i) {
+        SUF(batch_stack_step)(net, gemm, x + (size_t)i * batch * in, in, (int)batch, state, scratch);
+        due = threshold < 1;
+        for (int64_t r = 0; r < batch; ++r) {
+            const REAL *row = top + (size_t)r * k * d;
+            memcpy(outs + ((size_t)i * batch + r) * d, row, sizeof(REAL) * d);
+            const REAL delta = SUF(gate)(net, row + (size_t)(k - 1) * d);
+            deltas[(size_t)i * batch + r] = delta;
+            due &= delta > threshold;
+        }
+    }
+    free(scratch);
+    return i;
+}
+
+#undef W
+#undef WB
