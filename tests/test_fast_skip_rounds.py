@@ -20,9 +20,9 @@ def spied_rounds(monkeypatch) -> list[int]:
     distinct: list[int] = []
     real = fast_skip._round
 
-    def spy(module, layers, inputs, log, rows, next_t, threshold, threads):
+    def spy(module, kernels, inputs, log, rows, next_t, threshold, threads):
         distinct.append(np.unique(next_t[rows]).size)
-        return real(module, layers, inputs, log, rows, next_t, threshold, threads)
+        return real(module, kernels, inputs, log, rows, next_t, threshold, threads)
 
     monkeypatch.setattr(fast_skip, "_round", spy)
     return distinct

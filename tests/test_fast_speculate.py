@@ -88,7 +88,24 @@ def run(m: ar.RecurrentBase, dtype: torch.dtype, lengths) -> tuple[dict, torch.T
 @pytest.mark.parametrize("method", ["skip", "vc", "sa", "act"])
 def test_windows_equal_the_reference(method, cell, num_layers, dtype, padded):
     windows = sweep(method, cell, num_layers, dtype, padded)
-    if method == "skip" and cell == "lstm":  # whole-sequence windows, c recovered (LstmWindow)
+    if method == "skip" and ar.fast.native.library() is not None and ar.fast.native.blas_gemm(dtype) is not None:
+        assert windows["native"] == windows["windows"] > 0  # Skip's windows step by step in C
+
+
+@pytest.mark.parametrize(
+    ("dtype", "padded"),
+    [(torch.float64, False), (torch.float64, True), (torch.float32, False)],
+    ids=["f64", "f64-padded", "f32"],
+)
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_skip_windows_in_pytorch_equal_the_reference(monkeypatch, cell, num_layers, dtype, padded):
+    """Without the native batched loops Skip's windows are ATen whole-sequence calls, the
+    LSTM's with c recovered (``LstmWindow``) at these small steps."""
+    monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)
+    windows = sweep("skip", cell, num_layers, dtype, padded)
+    assert not windows["native"]
+    if cell == "lstm":
         assert windows["recovered"] == windows["windows"] > 0 and not windows["stepwise"]
 
 

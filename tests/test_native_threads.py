@@ -88,9 +88,6 @@ def test_batched_skip_steps_at_two_threads(cell, dtype, monkeypatch):
     two threads give the reference's results (to rounding: the BLAS may split sums by threads)."""
     if native.blas_gemm(dtype) is None:
         pytest.skip("torch's BLAS exports no ?gemm_ here")
-    from adaptrnn.fast import skip as fast_skip
-
-    monkeypatch.setattr(fast_skip, "LSTM_WINDOW_MAX_MACS", 0)  # the LSTM's windows step by step
     seen = set()
     for name in ("skip_window", "batch_step"):
         real = getattr(native, name)

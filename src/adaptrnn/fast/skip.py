@@ -186,8 +186,11 @@ def _run_batch(
     batch = cell.shape[1]
     spans, all_end = Window(), int(ends.min())  # every row is valid before all_end
     macs = step_macs(module, batch)
-    # The LSTM's windows: whole-sequence with c recovered at small steps, else one-step calls.
-    lstm = LstmWindow(module) if dense.parts == 2 and macs < LSTM_WINDOW_MAX_MACS else None
+    # Windows step by step in C where it can (no step wasted: every cell, c read directly);
+    # else the LSTM's whole-sequence with c recovered at small steps, or one-step calls.
+    in_c = native.batch_applies(module, cell)
+    lstm = LstmWindow(module) if not in_c and dense.parts == 2 and macs < LSTM_WINDOW_MAX_MACS else None
+    stepped = in_c or (dense.parts == 2 and lstm is None)  # windows that waste no step
     with StepThreads(macs, cell.device) as threads:
         while (live := np.flatnonzero(next_t < np.inf)).size:
             t = int(next_t[live].min())
@@ -197,30 +200,33 @@ def _run_batch(
             # Windows read inputs ahead, so not from a callable (asked only for updating steps);
             # the LSTM's stepwise ones waste nothing, so they need no adaptive length.
             if isinstance(inputs, Tensor) and due.size == batch:
-                length = all_end - t if dense.parts == 2 and lstm is None else spans.length(all_end - t)
+                length = all_end - t if stepped else spans.length(all_end - t)
             if length >= 2:  # every row is due at t: try a dense window from t
-                _window(module, (layers, dense, lstm), spans, inputs, log, t, length, next_t, threshold, threads)
+                kernels = (layers, dense, lstm, in_c)
+                _window(module, kernels, spans, inputs, log, t, length, next_t, threshold, threads)
             else:
                 # Most rows due at the earliest step: step those alone, so that the others can
                 # fall back in line with them and a window can follow; else a round of every row.
                 rows = due if 2 * due.size > live.size else live
                 if log.in_order and rows.size > due.size:
                     log.split(t)
-                _round(module, layers, inputs, log, rows, next_t, threshold, threads)
+                _round(module, (layers, in_c), inputs, log, rows, next_t, threshold, threads)
             next_t[next_t >= ends] = np.inf
     log.hold_until(out.shape[0])
     return log
 
 
-def _round(module, layers, inputs, log: UpdateLog, rows: np.ndarray, next_t, threshold: float, threads) -> None:
+def _round(module, kernels: tuple, inputs, log: UpdateLog, rows: np.ndarray, next_t, threshold: float, threads) -> None:
     """The next update of ``rows``, each at its own step (``next_t``), as one batched step: their
-    new state, logged with its top-layer h, and their next update."""
+    new state, logged with its top-layer h, and their next update. ``kernels``: the transposed
+    weights, and whether the step runs in C (``native.batch_step``)."""
+    layers, in_c = kernels
     device = log.cell.device
     steps = next_t[rows].astype(np.int64)
     rows_t, steps_t = torch.from_numpy(rows).to(device), torch.from_numpy(steps).to(device)
     x = inputs[steps_t, rows_t] if isinstance(inputs, Tensor) else inputs(steps_t, rows_t)  # (n, I)
     every = rows.size == log.cell.shape[1]  # every row: no gather, and the new state replaces the old
-    if native.batch_applies(module, log.cell):  # stepped in place in C: on a copy, the log keeps views
+    if in_c:  # stepped in place in C: on a copy, the log keeps views
         new = log.cell.clone(memory_format=torch.contiguous_format) if every else log.cell.index_select(1, rows_t)
         with threads.wide():  # no per-step hand-offs from Python: the threads pay here
             delta = native.batch_step(module, x, new)
@@ -249,11 +255,13 @@ def _window(
 
     Step i > 0 of the window is due for every row iff Δũ_{i-1} > threshold for every row
     (after an update ũ = Δũ: eq. 5, then N_skip = 0: eq. 6), Δũ from the top layer's state
-    after step i-1 (c for the LSTM: recovered by ``lstm``, a ``speculate.LstmWindow``, or, when
-    it is None, read after each of ``speculate.stepwise``'s one-step calls). The accepted steps
-    are logged as updates of every row; the last one's Δũ schedules each row's next update.
+    after step i-1 (c for the LSTM). With ``in_c`` the window runs step by step in C
+    (``native.skip_window``, every cell); else c is recovered by ``lstm``, a
+    ``speculate.LstmWindow``, or, when it is None, read after each of ``speculate.stepwise``'s
+    one-step calls. The accepted steps are logged as updates of every row; the last one's Δũ
+    schedules each row's next update.
     """
-    layers, dense, lstm = kernels  # transposed weights; the stack's AtenStep; an LstmWindow or None
+    layers, dense, lstm, in_c = kernels  # transposed weights; the stack's AtenStep; an LstmWindow or None; C
     every = np.arange(log.cell.shape[1])
     seen: dict[str, list[Tensor]] = {"delta": []}
 
@@ -269,7 +277,7 @@ def _window(
         return threshold < 1 and bool(delta.gt(threshold).all())
 
     xs = x[t : t + length]
-    if dense.parts == 2 and lstm is None and native.batch_applies(module, log.cell):  # the same steps, in C
+    if in_c:  # step by step in C, stopping at the first step that leaves some row not due
         COUNTS["native"] += 1
         with threads.wide():  # no per-step hand-offs from Python: the threads pay here
             outs, accepted, log.cell, delta = native.skip_window(module, xs, log.cell, threshold)
