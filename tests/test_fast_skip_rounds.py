@@ -29,26 +29,26 @@ def spied_rounds(monkeypatch) -> list[int]:
 
 
 @pytest.fixture(params=["native", "python"])
-def round_steps(request, monkeypatch) -> list[int]:
-    """A round's batched step in C with torch's BLAS (``native.batch_step``, where available), or
-    from Python (``weights.stack_step``). Returns the list the native step appends to per call."""
-    calls: list[int] = []
+def in_c(request, monkeypatch) -> list[str]:
+    """The rounds whole in C with torch's BLAS (``native.skip_rounds``; a ``features`` callable:
+    Python rounds of ``native.batch_step``), or all from Python (``weights.stack_step``).
+    Returns the list of native functions called, in order."""
+    calls: list[str] = []
     if request.param == "python":
         monkeypatch.setattr(native, "batch_applies", lambda *a: False)
     elif native.library() is None or native.blas_gemm(DTYPE) is None:
         pytest.skip("the native batched loops are not available here")
     else:
-        real = native.batch_step
-        monkeypatch.setattr(native, "batch_step", lambda *a: calls.append(1) or real(*a))
+        for name in ("skip_rounds", "batch_step"):
+            real = getattr(native, name)
+            monkeypatch.setattr(native, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
     return calls
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 @pytest.mark.parametrize("fraction", [0.5, 0.2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_spread_phases_take_about_f_t_rounds(
-    monkeypatch, round_steps, cell: str, fraction: float, padded: bool
-) -> None:
+def test_spread_phases_take_about_f_t_rounds(monkeypatch, in_c, cell: str, fraction: float, padded: bool) -> None:
     """One update every 1/f steps with the rows' phases spread (``bench.controlled``): the fast
     path equals the reference and makes about f·T rounds, not one per step."""
     m = ar.SkipRNN(cell, I, D, num_layers=2).to(DTYPE).eval()
@@ -60,13 +60,15 @@ def test_spread_phases_take_about_f_t_rounds(
         got = m(x, state, lengths)
         want = reference_twin(m)(x, state, lengths)
     assert_same(got, want)
-    assert max(distinct) > 1  # rows at different steps stepped together
-    assert len(distinct) <= fraction * T + 2  # the most updates of any row, plus the first step
-    assert len(round_steps) in (0, len(distinct))  # natively: every round
+    if in_c:  # one call of the C loop, and no round from Python
+        assert in_c == ["skip_rounds"] and not distinct
+    else:
+        assert max(distinct) > 1  # rows at different steps stepped together
+        assert len(distinct) <= fraction * T + 2  # the most updates of any row, plus the first step
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_learned_gates_and_a_callable_input(round_steps, cell: str) -> None:
+def test_learned_gates_and_a_callable_input(in_c, cell: str) -> None:
     """Data-dependent schedules (random gate weights, random initial ũ and Δũ), the inputs given
     as a tensor and as a ``features(steps, rows)`` callable: both equal the reference."""
     m = ar.SkipRNN(cell, I, D, num_layers=2).to(DTYPE).eval()
@@ -82,12 +84,15 @@ def test_learned_gates_and_a_callable_input(round_steps, cell: str) -> None:
         got = fast_skip.skip_inference(m, lambda steps, rows: x[steps, rows], seq_len=T, batch=B, state=state)
     assert_same(got, want)
     assert 0.1 < float(want[2].updates.mean()) < 0.9
+    assert not in_c or set(in_c) == {"skip_rounds", "batch_step"}  # the tensor's loop in C, the callable's steps
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_outputs_in_time_order_then_from_the_log(monkeypatch, cell: str) -> None:
     """Every row due at step 0 (ũ = 1): the loop starts in time order (a window, outputs written
-    as it goes), then the rows' schedules part and it continues in rounds from the log."""
+    as it goes), then the rows' schedules part and it continues in rounds from the log (the
+    Python loop's bookkeeping: the C loop writes every output in place)."""
+    monkeypatch.setattr(native, "batch_applies", lambda *a: False)
     m = ar.SkipRNN(cell, I, D, num_layers=2).to(DTYPE).eval()
     with torch.no_grad():
         m.update_weight.normal_(0.0, 2.0)

@@ -86,43 +86,22 @@ def run(m: ar.RecurrentBase, dtype: torch.dtype, lengths) -> tuple[dict, torch.T
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("method", ["skip", "vc", "sa", "act"])
-def test_windows_equal_the_reference(method, cell, num_layers, dtype, padded):
+def test_windows_equal_the_reference(monkeypatch, method, cell, num_layers, dtype, padded):
+    if method == "skip":  # Skip's windows are its PyTorch path: with the native loops the rounds run whole in C
+        monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)
     windows = sweep(method, cell, num_layers, dtype, padded)
-    if method == "skip" and ar.fast.native.library() is not None and ar.fast.native.blas_gemm(dtype) is not None:
-        assert windows["native"] == windows["windows"] > 0  # Skip's windows step by step in C
-
-
-@pytest.mark.parametrize(
-    ("dtype", "padded"),
-    [(torch.float64, False), (torch.float64, True), (torch.float32, False)],
-    ids=["f64", "f64-padded", "f32"],
-)
-@pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("cell", CELLS)
-def test_skip_windows_in_pytorch_equal_the_reference(monkeypatch, cell, num_layers, dtype, padded):
-    """Without the native batched loops Skip's windows are ATen whole-sequence calls, the
-    LSTM's with c recovered (``LstmWindow``) at these small steps."""
-    monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)
-    windows = sweep("skip", cell, num_layers, dtype, padded)
-    assert not windows["native"]
-    if cell == "lstm":
+    if method == "skip" and cell == "lstm":  # whole-sequence windows, c recovered (LstmWindow)
         assert windows["recovered"] == windows["windows"] > 0 and not windows["stepwise"]
 
 
-@pytest.mark.parametrize("kind", ["native", "stepwise"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_skip_lstm_stepwise_windows_equal_the_reference(monkeypatch, num_layers, dtype, kind):
-    """Above ``LSTM_WINDOW_MAX_MACS`` the Skip LSTM's windows are step by step: in C with torch's
-    BLAS (``native.skip_window``) where the extension and the BLAS are found, else one-step calls
-    from Python (``stepwise``)."""
-    if kind == "native" and (ar.fast.native.library() is None or ar.fast.native.blas_gemm(dtype) is None):
-        pytest.skip("the native batched loops are not available here")
-    if kind == "stepwise":
-        monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)
+def test_skip_lstm_stepwise_windows_equal_the_reference(monkeypatch, num_layers, dtype):
+    """Above ``LSTM_WINDOW_MAX_MACS`` the Skip LSTM's windows are one-step calls (``stepwise``)."""
+    monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)  # the PyTorch path
     monkeypatch.setattr("adaptrnn.fast.skip.LSTM_WINDOW_MAX_MACS", 0)
     windows = sweep("skip", "lstm", num_layers, dtype, padded=False)
-    assert windows[kind] == windows["windows"] > 0 and not windows["recovered"]
+    assert windows["stepwise"] == windows["windows"] > 0 and not windows["recovered"]
 
 
 def sweep(method: str, cell: str, num_layers: int, dtype: torch.dtype, padded: bool) -> Counter:
@@ -198,7 +177,7 @@ def test_skip_lstm_window_threads(monkeypatch, limit):
     """The LSTM's Skip windows of one-step calls from Python (``stepwise``, at large steps) run at
     the loop's one thread; its whole-sequence windows (``LstmWindow``) at the caller's count."""
     before, seen = torch.get_num_threads(), set()
-    monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)  # native windows: test_native_threads
+    monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)  # the PyTorch path
     monkeypatch.setattr("adaptrnn.fast.skip.LSTM_WINDOW_MAX_MACS", limit)
     original = ar.fast.skip.stepwise, speculate.LstmWindow.__call__
     monkeypatch.setattr(

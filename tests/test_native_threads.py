@@ -83,13 +83,13 @@ def test_threads_follow_torch():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_batched_skip_steps_at_two_threads(cell, dtype, monkeypatch):
-    """Skip RNN at batch > 1 through the native batched steps (windows and rounds, products in
-    torch's BLAS): they run at the caller's thread count, not the Python loop's one thread, and
-    two threads give the reference's results (to rounding: the BLAS may split sums by threads)."""
+    """Skip RNN at batch > 1 through the native batched loop (products in torch's BLAS): it runs
+    at the caller's thread count, not the Python loop's one thread, and two threads give the
+    reference's results (to rounding: the BLAS may split sums by threads)."""
     if native.blas_gemm(dtype) is None:
         pytest.skip("torch's BLAS exports no ?gemm_ here")
     seen = set()
-    for name in ("skip_window", "batch_step"):
+    for name in ("skip_rounds", "batch_step"):
         real = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _f=real: seen.add(torch.get_num_threads()) or _f(*a))
     m = wide("skip", cell, dtype)

@@ -53,7 +53,7 @@ SIGNATURES = {  # name: (argument types, return type); every REAL array is a voi
     "act_run": ([_ptr, _ptr, _i64, _ptr, _i64, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
     "pointwise_rows": ([_int, _ptr, _i64, _ptr, _i64, _i64, _int, _ptr, _ptr], None),
     "gemm_probe": ([_ptr], _int),
-    "skip_window": ([_ptr, _ptr, _ptr, _i64, _i64, _dbl, _ptr, _ptr, _ptr], _i64),
+    "skip_rounds": ([_ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr, _ptr, _ptr], _i64),
     "batch_step": ([_ptr, _ptr, _ptr, _i64, _ptr, _ptr], _int),
 }
 BLAS_GEMM = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran names, as MKL and OpenBLAS export them
@@ -248,20 +248,28 @@ def skip_run(module, x: Tensor, first: int, end: int, threshold: float, cell: Te
     return steps[:count], hidden[:count], deltas[:count].double().numpy()
 
 
-def skip_window(module, x: Tensor, cell: Tensor, threshold: float) -> tuple[Tensor, int, Tensor, Tensor]:
-    """Skip RNN's dense window for a batch due at its first step (``skip_window`` in native_batch.h).
+def skip_rounds(module, x: Tensor, next_t: np.ndarray, ends: np.ndarray, threshold: float, cell: Tensor, out: Tensor):
+    """Skip RNN's batched rounds, whole in C (``skip_rounds`` in native_batch.h).
 
-    x: (k, B, I); cell: (L, B, K, D), not changed. Returns the top h of the steps taken (a, B, D),
-    a (≥ 1), the state after them (L, B, K, D) and their Δũ (a, B). Needs :func:`batch_applies`.
+    x: (T, B, I); next_t (B,) float64, each row's first update (inf: none), updated; ends (B,)
+    valid lengths; cell (L, B, K, D) contiguous, stepped in place; out (T, B, D) filled.
+    Returns the update events' steps and rows (E,) int64 arrays and Δũ (E,) float64 array.
+    Needs :func:`batch_applies`.
     """
+    if next_t.dtype != np.float64 or not next_t.flags.c_contiguous:
+        raise ValueError("next_t must be a contiguous float64 array (the C loop updates it in place)")
     net = stack_net(module)
-    steps, batch = x.shape[:2]
-    x, state = x.contiguous(), cell.contiguous().clone()  # the caller's log may hold views of cell
-    outs = x.new_empty(steps, batch, module.hidden_size)
-    deltas = x.new_empty(steps, batch)
-    taken = net.call("skip_window", blas_gemm(net.dtype), x, steps, batch, threshold, state, outs, deltas)
-    _check(0 if taken >= 0 else -1)
-    return outs[:taken], int(taken), state, deltas[:taken]
+    seq_len, batch = x.shape[:2]
+    ends = np.ascontiguousarray(ends, dtype=np.int64)
+    steps, rows = np.empty(seq_len * batch, dtype=np.int64), np.empty(seq_len * batch, dtype=np.int64)
+    deltas = x.new_empty(seq_len * batch)
+    arrays = (ends.ctypes.data, next_t.ctypes.data)
+    count = net.call(
+        "skip_rounds", blas_gemm(net.dtype), x.contiguous(), seq_len, batch, *arrays, threshold, cell, out,
+        steps.ctypes.data, rows.ctypes.data, deltas,
+    )  # fmt: skip
+    _check(0 if count >= 0 else -1)
+    return steps[:count], rows[:count], deltas[:count].double().numpy()
 
 
 def batch_step(module, x: Tensor, cell: Tensor) -> Tensor:

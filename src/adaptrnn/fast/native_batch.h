@@ -85,32 +85,80 @@ int SUF(batch_step)(const Net *net, void *gemm, const REAL *x, int64_t n, REAL *
     return 0;
 }
 
-/* Skip RNN's dense window for a batch whose rows are all due at its first step: up to `steps`
- * steps of every row (x: (steps, batch, I) contiguous), each followed by every row's Δũ (eq. 4,
- * from the top layer's c for the LSTM, h otherwise); stops after the first step that leaves some
- * row with Δũ ≤ threshold (so not due at the next step: eq. 5-6). state (L, batch, K, D) is
- * stepped in place; outs (steps, batch, D) get the top h, deltas (steps, batch) Δũ. Returns the
- * steps taken (≥ 1), or -1 if the work space could not be allocated. */
-int64_t SUF(skip_window)(const Net *net, void *gemm, const REAL *x, int64_t steps, int64_t batch, double threshold,
-                         REAL *state, REAL *outs, REAL *deltas) {
-    const int d = net->hidden, k = parts(net->cell), in = net->input_size;
+/* Skip RNN's batched inference in rounds, whole in C (fast/skip.py's _run_batch for a tensor
+ * input, the same policy). Each round takes the earliest due step t; if more than half of the
+ * live rows are due at t only those step, else every live row steps at its own next update
+ * (rows are independent), in one batched step. A round of every row at one step is a dense
+ * step of the whole batch, so "windows" need no special case here.
+ *   x (T, B, I) contiguous; ends (B): valid lengths; next_t (B): each row's next update step,
+ *   INFINITY for none (updated); state (L, B, K, D) stepped in place; out (T, B, D): the top h
+ *   at every step, a row's last update held until its next (and before its first, the
+ *   initial top h); events (capacity B*T): step, row and Δũ of every update, each row's in
+ *   time order.
+ * Returns the number of events, or -1 if the work space could not be allocated. */
+int64_t SUF(skip_rounds)(const Net *net, void *gemm, const REAL *x, int64_t seq_len, int64_t batch, const int64_t *ends,
+                         double *next_t, double threshold, REAL *state, REAL *out, int64_t *ev_steps, int64_t *ev_rows,
+                         REAL *ev_deltas) {
+    const int d = net->hidden, k = parts(net->cell), in = net->input_size, layers = net->layers;
+    const size_t row = (size_t)k * d; /* one row's state in one layer */
+    REAL *xs = malloc(sizeof(REAL) * (size_t)batch * in), *st = malloc(sizeof(REAL) * layers * batch * row);
     REAL *scratch = malloc(sizeof(REAL) * 2 * (size_t)batch * gates(net->cell) * d);
-    if (!scratch) return -1;
-    const REAL *top = state + (size_t)(net->layers - 1) * batch * k * d;
-    int64_t i = 0;
-    for (int due = 1; i < steps && due; ++i) {
-        SUF(batch_stack_step)(net, gemm, x + (size_t)i * batch * in, in, (int)batch, state, scratch);
-        due = threshold < 1;
-        for (int64_t r = 0; r < batch; ++r) {
-            const REAL *row = top + (size_t)r * k * d;
-            memcpy(outs + ((size_t)i * batch + r) * d, row, sizeof(REAL) * d);
-            const REAL delta = SUF(gate)(net, row + (size_t)(k - 1) * d);
-            deltas[(size_t)i * batch + r] = delta;
-            due &= delta > threshold;
+    int64_t *rows = malloc(sizeof(int64_t) * batch), *filled = calloc(batch, sizeof(int64_t));
+    int64_t events = -1;
+    if (!xs || !st || !scratch || !rows || !filled) goto done;
+    events = 0;
+    for (;;) {
+        double first = INFINITY;
+        int64_t live = 0, due = 0, n = 0;
+        for (int64_t r = 0; r < batch; ++r)
+            if (next_t[r] < INFINITY) ++live, first = next_t[r] < first ? next_t[r] : first;
+        if (!live) break;
+        for (int64_t r = 0; r < batch; ++r) due += next_t[r] == first;
+        const int only_due = 2 * due > live;
+        for (int64_t r = 0; r < batch; ++r)
+            if (only_due ? next_t[r] == first : next_t[r] < INFINITY) rows[n++] = r;
+        int same_step = 1; /* every picked row at step `first` */
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t r = rows[j], step = (int64_t)next_t[r];
+            const REAL *top = state + ((size_t)(layers - 1) * batch + r) * row;
+            for (int64_t t = filled[r]; t < step; ++t) memcpy(out + ((size_t)t * batch + r) * d, top, sizeof(REAL) * d);
+            same_step &= step == (int64_t)first;
+        }
+        REAL *stepped = state; /* every row at one step: in place, x read where it lies */
+        if (n == batch && same_step) {
+            SUF(batch_stack_step)(net, gemm, x + (size_t)first * batch * in, in, (int)n, state, scratch);
+        } else {
+            for (int64_t j = 0; j < n; ++j) {
+                const int64_t r = rows[j], step = (int64_t)next_t[r];
+                memcpy(xs + (size_t)j * in, x + ((size_t)step * batch + r) * in, sizeof(REAL) * in);
+                for (int l = 0; l < layers; ++l)
+                    memcpy(st + ((size_t)l * n + j) * row, state + ((size_t)l * batch + r) * row, sizeof(REAL) * row);
+            }
+            SUF(batch_stack_step)(net, gemm, xs, in, (int)n, st, scratch);
+            stepped = st;
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t r = rows[j], step = (int64_t)next_t[r], at = stepped == state ? r : j;
+            if (stepped != state)
+                for (int l = 0; l < layers; ++l)
+                    memcpy(state + ((size_t)l * batch + r) * row, st + ((size_t)l * n + j) * row, sizeof(REAL) * row);
+            const REAL *top = stepped + ((size_t)(layers - 1) * n + at) * row;
+            memcpy(out + ((size_t)step * batch + r) * d, top, sizeof(REAL) * d);
+            filled[r] = step + 1;
+            const REAL delta = SUF(gate)(net, top + (size_t)(k - 1) * d); /* Δũ, eq. 4 */
+            ev_steps[events] = step, ev_rows[events] = r, ev_deltas[events] = delta, ++events;
+            /* eq. 6: the next update after floor(threshold / Δũ) skipped steps */
+            double next = threshold < 1 && delta > 0 ? (double)step + 1 + floor(threshold / (double)delta) : INFINITY;
+            next_t[r] = next >= (double)ends[r] ? INFINITY : next;
         }
     }
-    free(scratch);
-    return i;
+    for (int64_t r = 0; r < batch; ++r) { /* the last update held to the end */
+        const REAL *top = state + ((size_t)(layers - 1) * batch + r) * row;
+        for (int64_t t = filled[r]; t < seq_len; ++t) memcpy(out + ((size_t)t * batch + r) * d, top, sizeof(REAL) * d);
+    }
+done:
+    free(xs), free(st), free(scratch), free(rows), free(filled);
+    return events;
 }
 
 #undef W

@@ -181,16 +181,16 @@ def _run_batch(
     when most rows are due at the earliest step, only those step (rows realign for windows).
     Until the first round across steps, outputs are written in time order into ``out``.
     """
+    in_c = native.batch_applies(module, cell)  # the rounds' steps in C, with torch's BLAS
+    if in_c and isinstance(inputs, Tensor):  # and the whole loop
+        return _run_native(module, inputs, next_t, ends, cell, threshold, out)
     layers, dense = transposed(module), AtenStep(module, range(module.num_layers))
     log = UpdateLog(cell, out)  # log.cell (L, B, K, D): the current state of every row
     batch = cell.shape[1]
     spans, all_end = Window(), int(ends.min())  # every row is valid before all_end
     macs = step_macs(module, batch)
-    # Windows step by step in C where it can (no step wasted: every cell, c read directly);
-    # else the LSTM's whole-sequence with c recovered at small steps, or one-step calls.
-    in_c = native.batch_applies(module, cell)
-    lstm = LstmWindow(module) if not in_c and dense.parts == 2 and macs < LSTM_WINDOW_MAX_MACS else None
-    stepped = in_c or (dense.parts == 2 and lstm is None)  # windows that waste no step
+    # The LSTM's windows: whole-sequence with c recovered at small steps, else one-step calls.
+    lstm = LstmWindow(module) if dense.parts == 2 and macs < LSTM_WINDOW_MAX_MACS else None
     with StepThreads(macs, cell.device) as threads:
         while (live := np.flatnonzero(next_t < np.inf)).size:
             t = int(next_t[live].min())
@@ -200,10 +200,9 @@ def _run_batch(
             # Windows read inputs ahead, so not from a callable (asked only for updating steps);
             # the LSTM's stepwise ones waste nothing, so they need no adaptive length.
             if isinstance(inputs, Tensor) and due.size == batch:
-                length = all_end - t if stepped else spans.length(all_end - t)
+                length = all_end - t if dense.parts == 2 and lstm is None else spans.length(all_end - t)
             if length >= 2:  # every row is due at t: try a dense window from t
-                kernels = (layers, dense, lstm, in_c)
-                _window(module, kernels, spans, inputs, log, t, length, next_t, threshold, threads)
+                _window(module, (layers, dense, lstm), spans, inputs, log, t, length, next_t, threshold, threads)
             else:
                 # Most rows due at the earliest step: step those alone, so that the others can
                 # fall back in line with them and a window can follow; else a round of every row.
@@ -213,6 +212,18 @@ def _run_batch(
                 _round(module, (layers, in_c), inputs, log, rows, next_t, threshold, threads)
             next_t[next_t >= ends] = np.inf
     log.hold_until(out.shape[0])
+    return log
+
+
+def _run_native(module, x: Tensor, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold, out) -> UpdateLog:
+    """The rounds of :func:`_run_batch`, whole in C (``native.skip_rounds``): the same policy,
+    outputs written in place with each update held until the next, the events logged."""
+    COUNTS["native"] += 1
+    cell = cell.contiguous()
+    steps, rows, deltas = native.skip_rounds(module, x, next_t, ends, threshold, cell, out)
+    log = UpdateLog(cell, out)
+    log.filled = out.shape[0]
+    log.steps, log.rows, log.deltas = [steps], [rows], [deltas]
     return log
 
 
@@ -255,13 +266,11 @@ def _window(
 
     Step i > 0 of the window is due for every row iff Δũ_{i-1} > threshold for every row
     (after an update ũ = Δũ: eq. 5, then N_skip = 0: eq. 6), Δũ from the top layer's state
-    after step i-1 (c for the LSTM). With ``in_c`` the window runs step by step in C
-    (``native.skip_window``, every cell); else c is recovered by ``lstm``, a
-    ``speculate.LstmWindow``, or, when it is None, read after each of ``speculate.stepwise``'s
-    one-step calls. The accepted steps are logged as updates of every row; the last one's Δũ
-    schedules each row's next update.
+    after step i-1 (c for the LSTM: recovered by ``lstm``, a ``speculate.LstmWindow``, or, when
+    it is None, read after each of ``speculate.stepwise``'s one-step calls). The accepted steps
+    are logged as updates of every row; the last one's Δũ schedules each row's next update.
     """
-    layers, dense, lstm, in_c = kernels  # transposed weights; the stack's AtenStep; an LstmWindow or None; C
+    layers, dense, lstm = kernels  # transposed weights; the stack's AtenStep; an LstmWindow or None
     every = np.arange(log.cell.shape[1])
     seen: dict[str, list[Tensor]] = {"delta": []}
 
@@ -277,12 +286,7 @@ def _window(
         return threshold < 1 and bool(delta.gt(threshold).all())
 
     xs = x[t : t + length]
-    if in_c:  # step by step in C, stopping at the first step that leaves some row not due
-        COUNTS["native"] += 1
-        with threads.wide():  # no per-step hand-offs from Python: the threads pay here
-            outs, accepted, log.cell, delta = native.skip_window(module, xs, log.cell, threshold)
-        seen["delta"].append(delta.double())
-    elif dense.parts == 2 and lstm is None:
+    if dense.parts == 2 and lstm is None:
         step = lambda x_t, s: stack_step(module.cell, layers, x_t, s)  # noqa: E731
         outs, accepted, log.cell = stepwise(step, xs, log.cell, next_ok)
     else:
