@@ -82,20 +82,22 @@ def test_threads_follow_torch():
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_batched_skip_steps_at_two_threads(cell, dtype, monkeypatch):
-    """Skip RNN at batch > 1 through the native batched loop (products in torch's BLAS): it runs
-    at the caller's thread count, not the Python loop's one thread, and two threads give the
-    reference's results (to rounding: the BLAS may split sums by threads)."""
+@pytest.mark.parametrize("method", ["skip", "vc"])
+def test_batched_loops_at_two_threads(method, cell, dtype, monkeypatch):
+    """Skip RNN and VCRNN at batch > 1 through the native batched loops (products in torch's
+    BLAS): they run at the caller's thread count, not the Python loop's one thread, and two
+    threads give the reference's results (to rounding: the BLAS may split sums by threads)."""
     if native.blas_gemm(dtype) is None:
         pytest.skip("torch's BLAS exports no ?gemm_ here")
     seen = set()
-    for name in ("skip_rounds", "batch_step"):
+    for name in ("skip_rounds", "batch_step", "vc_batch_layer"):
         real = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _f=real: seen.add(torch.get_num_threads()) or _f(*a))
-    m = wide("skip", cell, dtype)
-    with torch.no_grad():
-        m.update_weight.normal_(0.0, 0.3)  # Δũ varies by row and step: windows, and rounds where rows part
-        m.update_bias.fill_(0.0)
+    m = wide(method, cell, dtype)
+    if method == "skip":
+        with torch.no_grad():
+            m.update_weight.normal_(0.0, 0.3)  # Δũ varies by row and step: rounds where rows part
+            m.update_bias.fill_(0.0)
     x = torch.randn(T, 16, I, dtype=dtype)
     two = run_with_threads(m, x, 2)
     twin = copy.deepcopy(m)

@@ -55,6 +55,7 @@ SIGNATURES = {  # name: (argument types, return type); every REAL array is a voi
     "gemm_probe": ([_ptr], _int),
     "skip_rounds": ([_ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr, _ptr, _ptr], _i64),
     "batch_step": ([_ptr, _ptr, _ptr, _i64, _ptr, _ptr], _int),
+    "vc_batch_run": ([_ptr, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
 }
 BLAS_GEMM = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran names, as MKL and OpenBLAS export them
 
@@ -297,6 +298,26 @@ def vc_layer(module, layer: int, x: Tensor, steps: int, x_score: Tensor, s: Tens
     scale = float(module.options["scale"])
     x, x_score = x.contiguous(), x_score.contiguous()
     _check(net.call("vc_run", layer, x, steps, x_score, u, bias, scale, s, out, ms, ds.numpy().ctypes.data))
+    return out, ms, ds
+
+
+def vc_batch_layer(module, layer: int, x: Tensor, x_score: Tensor, valid: Tensor | None, s: Tensor) -> tuple:
+    """VCRNN's hard-mode loop over one layer for a batch (``vc_batch_run`` in native_batch.h).
+
+    x: (T, B, C); x_score: (T, B) the scheduler's input term; valid: (T, B) bool or None; s:
+    (B, K, D) contiguous, updated in place. Returns out (T, B, D), m (T, B) and d (T, B) int64.
+    Needs :func:`batch_applies`.
+    """
+    net = native_net(module)
+    seq_len, batch = x.shape[:2]
+    out = x.new_empty(seq_len, batch, module.hidden_size)
+    ms, ds = x.new_empty(seq_len, batch), torch.empty(seq_len, batch, dtype=torch.int64)
+    u = getattr(module, f"scheduler_h_l{layer}").detach().contiguous()
+    bias, scale = float(getattr(module, f"scheduler_bias_l{layer}")), float(module.options["scale"])
+    mask = None if valid is None else valid.to(torch.uint8).contiguous()
+    gemm, x, x_score = blas_gemm(net.dtype), x.contiguous(), x_score.contiguous()
+    args = (gemm, layer, x, seq_len, batch, x_score, None if mask is None else mask.data_ptr(), u, bias, scale)
+    _check(net.call("vc_batch_run", *args, s, out, ms, ds.numpy().ctypes.data))
     return out, ms, ds
 
 

@@ -14,11 +14,11 @@ typedef void (*SUF(gemm_t))(const char *, const char *, const int *, const int *
                              const REAL *, const int *, const REAL *, const int *, const REAL *, REAL *, const int *);
 
 /* c = beta c + a w, all row-major: c (rows, cols) row stride ldc, a (rows, inner) row stride
- * lda, w (inner, cols) contiguous. Column-major BLAS computes the transpose, cᵀ = wᵀ aᵀ. */
-static void SUF(matmul)(void *gemm, int rows, int cols, int inner, const REAL *a, int lda, const REAL *w, REAL beta,
-                        REAL *c, int ldc) {
+ * lda, w (inner, cols) row stride ldw. Column-major BLAS computes the transpose, cᵀ = wᵀ aᵀ. */
+static void SUF(matmul)(void *gemm, int rows, int cols, int inner, const REAL *a, int lda, const REAL *w, int ldw,
+                        REAL beta, REAL *c, int ldc) {
     const REAL one = 1;
-    ((SUF(gemm_t))gemm)("N", "N", &cols, &rows, &inner, &one, w, &cols, a, &lda, &beta, c, &ldc);
+    ((SUF(gemm_t))gemm)("N", "N", &cols, &rows, &inner, &one, w, &ldw, a, &lda, &beta, c, &ldc);
 }
 
 /* 1 if `gemm` computes a small strided product as a plain loop does (to rounding): guards
@@ -32,7 +32,7 @@ int SUF(gemm_probe)(void *gemm) {
     for (int r = 0; r < R; ++r)
         for (int j = 0; j < N; ++j)
             for (int k = 0; k < K; ++k) want[r * N + j] += a[r * LDA + k] * w[k * N + j];
-    SUF(matmul)(gemm, R, N, K, a, LDA, w, 1, c, N);
+    SUF(matmul)(gemm, R, N, K, a, LDA, w, N, 1, c, N);
     for (int i = 0; i < R * N; ++i)
         if (fabs((double)(c[i] - want[i])) > 1e-4 * (1 + fabs((double)want[i]))) return 0;
     return 1;
@@ -59,8 +59,8 @@ static void SUF(batch_stack_step)(const Net *net, void *gemm, const REAL *x, int
             memcpy(gx + (size_t)r * n, gx, sizeof(REAL) * n);
             if (apart) memcpy(gh + (size_t)r * n, gh, sizeof(REAL) * n);
         }
-        SUF(matmul)(gemm, batch, n, in_size, in, in_ld, W(net->w_ih_t, layer), 1, gx, n);
-        SUF(matmul)(gemm, batch, n, d, s, k * d, W(net->w_hh_t, layer), 1, apart ? gh : gx, n);
+        SUF(matmul)(gemm, batch, n, in_size, in, in_ld, W(net->w_ih_t, layer), n, 1, gx, n);
+        SUF(matmul)(gemm, batch, n, d, s, k * d, W(net->w_hh_t, layer), n, 1, apart ? gh : gx, n);
         const int use = net->threads > 1 && (long)batch * d >= PARALLEL_MIN / 8 ? net->threads : 1;
         (void)use; /* unused in a build without OpenMP */
 #pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
@@ -159,6 +159,88 @@ int64_t SUF(skip_rounds)(const Net *net, void *gemm, const REAL *x, int64_t seq_
 done:
     free(xs), free(st), free(scratch), free(rows), free(filled);
     return events;
+}
+
+/* VCRNN's hard-mode loop over one layer for a batch (fast/vc.py's _steps, the same steps): each
+ * step takes every row's m_t and d_t (as vc_run), then computes the upper-left blocks up to
+ * top = max_r d_r for every row, 2G products through BLAS (RNN and LSTM: G, summed). A row with
+ * d_r < top reads h masked to its first d_r dimensions and keeps the dimensions past d_r.
+ *   x (T, B, C), x_score (T, B) contiguous; valid (T, B) or NULL (an invalid step: d = 0, the
+ *   state kept); u (D): the scheduler's weight on h; state (B, K, D) stepped in place;
+ *   out (T, B, D), ms (T, B), ds (T, B) written.
+ * Returns 0, or -1 if the work space could not be allocated. */
+int SUF(vc_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int64_t steps, int64_t batch,
+                      const REAL *x_score, const uint8_t *valid, const REAL *u, double bias, double scale, REAL *state,
+                      REAL *out, REAL *ms, int64_t *ds) {
+    const int D = net->hidden, g = gates(net->cell), k = parts(net->cell), in = layer == 0 ? net->input_size : D;
+    const int apart = net->cell == CELL_GRU, nb = (int)batch;
+    const REAL *w_ih = W(net->w_ih_t, layer), *w_hh = W(net->w_hh_t, layer);
+    const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
+    REAL *gx = malloc(sizeof(REAL) * 2 * (size_t)batch * g * D), *hm = malloc(sizeof(REAL) * (size_t)batch * D);
+    REAL *kept = malloc(sizeof(REAL) * 2 * (size_t)batch * D); /* a partial row's block, computed aside */
+    int64_t *dims = malloc(sizeof(int64_t) * batch);
+    int status = -1;
+    if (!gx || !hm || !kept || !dims) goto done;
+    REAL *gh = gx + (size_t)batch * g * D;
+    for (int64_t t = 0; t < steps; ++t) {
+        int64_t top = 0;
+        for (int64_t r = 0; r < batch; ++r) { /* the scheduler (eq. of vc_run) */
+            const REAL *h = state + (size_t)r * k * D;
+            REAL m = SUF(sigmoid)(SUF(dot)(h, u, D) + x_score[(size_t)t * batch + r] + (REAL)bias);
+            if (scale != 1.0) {
+                m = m * (REAL)scale;
+                m = m > 1 ? 1 : m;
+            }
+            int64_t d = (int64_t)ceil((double)(m * (REAL)D));
+            d = d < 1 ? 1 : d > D ? D : d;
+            if (valid && !valid[(size_t)t * batch + r]) d = 0;
+            dims[r] = d, ms[(size_t)t * batch + r] = m, ds[(size_t)t * batch + r] = d;
+            top = d > top ? d : top;
+        }
+        const int n = (int)top, width = g * n; /* gate q of the blocks at columns [q n, q n + n) */
+        if (n) {
+            for (int64_t r = 0; r < batch; ++r) { /* h masked to each row's d, the biases */
+                const REAL *h = state + (size_t)r * k * D;
+                for (int j = 0; j < n; ++j) hm[(size_t)r * n + j] = j < dims[r] ? h[j] : 0;
+                for (int q = 0; q < g; ++q)
+                    for (int j = 0; j < n; ++j) {
+                        const REAL bx = b_ih ? b_ih[q * D + j] : 0, bh = b_hh ? b_hh[q * D + j] : 0;
+                        gx[(size_t)r * width + q * n + j] = apart ? bx : bx + bh;
+                        if (apart) gh[(size_t)r * width + q * n + j] = bh;
+                    }
+            }
+            const REAL *xt = x + (size_t)t * batch * in;
+            const int blocks = n == D ? 1 : g, cols = n == D ? width : n; /* every column: one product each */
+            for (int q = 0; q < blocks; ++q) {
+                SUF(matmul)(gemm, nb, cols, in, xt, in, w_ih + (size_t)q * D, g * D, 1, gx + (size_t)q * n, width);
+                SUF(matmul)(gemm, nb, cols, n, hm, n, w_hh + (size_t)q * D, g * D, 1, (apart ? gh : gx) + (size_t)q * n,
+                            width);
+            }
+            const int use = net->threads > 1 && (long)batch * n >= PARALLEL_MIN / 8 ? net->threads : 1;
+            (void)use; /* unused in a build without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
+            for (int64_t r = 0; r < batch; ++r) {
+                REAL *h = state + (size_t)r * k * D, *c = h + D;
+                const REAL *rx = gx + (size_t)r * width, *rh = apart ? gh + (size_t)r * width : NULL;
+                if (dims[r] == n) {
+                    SUF(pointwise)(net->cell, rx, rh, n, h, c);
+                } else if (dims[r]) { /* its first d dimensions of the block */
+                    REAL *th = kept + (size_t)r * 2 * D, *tc = th + D;
+                    memcpy(th, h, sizeof(REAL) * n);
+                    if (k == 2) memcpy(tc, c, sizeof(REAL) * n);
+                    SUF(pointwise)(net->cell, rx, rh, n, th, tc);
+                    memcpy(h, th, sizeof(REAL) * dims[r]);
+                    if (k == 2) memcpy(c, tc, sizeof(REAL) * dims[r]);
+                }
+            }
+        }
+        for (int64_t r = 0; r < batch; ++r)
+            memcpy(out + ((size_t)t * batch + r) * D, state + (size_t)r * k * D, sizeof(REAL) * D);
+    }
+    status = 0;
+done:
+    free(gx), free(hm), free(kept), free(dims);
+    return status;
 }
 
 #undef W

@@ -9,7 +9,8 @@ which every row has d_t = D is one ATen RNN call (``aten_step``), or the start o
 speculative window of such steps in one call (``speculate``).
 
 At batch 1 (float32 or float64 on the CPU) the whole loop of a layer runs in C
-(``native.vc_layer``), computing the same blocks.
+(``native.vc_layer``), computing the same blocks; at batch > 1 too where torch's BLAS is
+found (``native.vc_batch_layer``, the masked blocks below), the loop here being the fallback.
 
 A batch whose rows want different d_t is computed up to the largest d_t with each row's
 extra columns of h zeroed and its extra dimensions left unchanged — exactly the reference's
@@ -52,6 +53,10 @@ def vc_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             out, ms, ds = native.vc_layer(module, layer, layer_in[:, 0], steps, x_score[:, 0], s[0])
             out[steps:] = s[0, 0]  # padded steps keep the state
             out, ms, ds = out.unsqueeze(1), ms.unsqueeze(1), ds.to(x.dtype).unsqueeze(1)
+        elif native.batch_applies(module, s):  # a batch: the whole loop in C, products in torch's BLAS
+            s = s.contiguous()
+            out, ms, ds = native.vc_batch_layer(module, layer, layer_in, x_score, valid, s)
+            ds = ds.to(x.dtype)
         else:
             out, ms, ds = _steps(module, layer, layer_in, x_score, SubMatrices(w, full, gates), s, valid)
         ds = ds * weight
