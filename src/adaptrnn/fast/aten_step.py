@@ -6,10 +6,9 @@ the batched fast paths need nothing but the plain cell, and ATen's ``torch.lstm`
 ``torch.gru`` / ``torch.rnn_tanh`` over those steps computes them in one call (oneDNN on a
 CPU), the kernels ``DenseRNN`` runs, tested equal to the reference cells
 (``adaptrnn.fast.speculate`` decides which steps qualify). A single such step is not called
-this way: at (B, D) = (256, 110) a one-step call cost 0.55 ms (LSTM, one thread), where
+this way: at (B, D) = (256, 110) a one-step call cost 0.60 ms (LSTM, one thread), where
 ``weights.stack_step`` (the products in BLAS, the element-wise cell in one native call) cost
-0.41 ms; it was faster at every shape measured but the GRU at (256, 256), two threads
-(``benchmarks/results/one_step_ab.txt``).
+0.38 ms; it was faster at every shape measured (``benchmarks/results/one_step_ab.txt``).
 """
 
 from __future__ import annotations
