@@ -87,7 +87,7 @@ def run(m: ar.RecurrentBase, dtype: torch.dtype, lengths) -> tuple[dict, torch.T
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("method", ["skip", "vc", "sa", "act"])
 def test_windows_equal_the_reference(monkeypatch, method, cell, num_layers, dtype, padded):
-    if method in ("skip", "vc"):  # their windows are the PyTorch path: with the native loops the loop runs in C
+    if method in ("skip", "vc", "sa"):  # their windows are the PyTorch path: with the native loops the loop runs in C
         monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)
     windows = sweep(method, cell, num_layers, dtype, padded)
     if method == "skip" and cell == "lstm":  # whole-sequence windows, c recovered (LstmWindow)
@@ -153,6 +153,9 @@ def test_step_threads_scope(monkeypatch):
     before = torch.get_num_threads()
     seen = {"window": set(), "step": set()}
     original_window, original_pointwise = speculate.window, native.pointwise
+    monkeypatch.setattr(
+        native, "batch_applies", lambda *a: False
+    )  # the PyTorch loop (SA's C loop: test_native_threads)
 
     def spy(kind, original):
         return lambda *a, **k: seen[kind].add(torch.get_num_threads()) or original(*a, **k)

@@ -82,15 +82,15 @@ def test_threads_follow_torch():
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("method", ["skip", "vc"])
+@pytest.mark.parametrize("method", ["skip", "vc", "sa"])
 def test_batched_loops_at_two_threads(method, cell, dtype, monkeypatch):
-    """Skip RNN and VCRNN at batch > 1 through the native batched loops (products in torch's
+    """Skip RNN, VCRNN and SA-RNN at batch > 1 through the native batched loops (products in torch's
     BLAS): they run at the caller's thread count, not the Python loop's one thread, and two
     threads give the reference's results (to rounding: the BLAS may split sums by threads)."""
     if native.blas_gemm(dtype) is None:
         pytest.skip("torch's BLAS exports no ?gemm_ here")
     seen = set()
-    for name in ("skip_rounds", "batch_step", "vc_batch_layer"):
+    for name in ("skip_rounds", "batch_step", "vc_batch_layer", "sa_batch_layer"):
         real = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _f=real: seen.add(torch.get_num_threads()) or _f(*a))
     m = wide(method, cell, dtype)

@@ -55,6 +55,7 @@ SIGNATURES = {  # name: (argument types, return type); every REAL array is a voi
     "gemm_probe": ([_ptr], _int),
     "skip_rounds": ([_ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr, _ptr, _ptr], _i64),
     "batch_step": ([_ptr, _ptr, _ptr, _i64, _ptr, _ptr], _int),
+    "sa_batch_run": ([_ptr, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
     "vc_batch_run": ([_ptr, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
 }
 BLAS_GEMM = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran names, as MKL and OpenBLAS export them
@@ -319,6 +320,25 @@ def vc_batch_layer(module, layer: int, x: Tensor, x_score: Tensor, valid: Tensor
     args = (gemm, layer, x, seq_len, batch, x_score, None if mask is None else mask.data_ptr(), u, bias, scale)
     _check(net.call("vc_batch_run", *args, s, out, ms, ds.numpy().ctypes.data))
     return out, ms, ds
+
+
+def sa_batch_layer(module, layer: int, x: Tensor, gate_a: Tensor, gate_c: Tensor, valid: Tensor | None, s: Tensor):
+    """SA-RNN's loop over one layer for a batch (``sa_batch_run`` in native_batch.h).
+
+    x: (T, B, C); gate_a (D,), gate_c (T, B, D): ũ_t = clamp(gate_c[t] + gate_a ⊙ h, 0, 1);
+    valid: (T, B) bool or None; s: (B, K, D) contiguous, updated in place. Returns out (T, B, D),
+    the masks u (T, B, D) and Σ_i ũ (T, B). Needs :func:`batch_applies`.
+    """
+    net = native_net(module)
+    seq_len, batch = x.shape[:2]
+    out, masks = x.new_empty(seq_len, batch, module.hidden_size), x.new_empty(seq_len, batch, module.hidden_size)
+    likelihoods = x.new_empty(seq_len, batch)
+    mask = None if valid is None else valid.to(torch.uint8).contiguous()
+    gemm, x, gate_c, gate_a = blas_gemm(net.dtype), x.contiguous(), gate_c.contiguous(), gate_a.contiguous()
+    threshold = float(module.options["threshold"])
+    args = (gemm, layer, x, seq_len, batch, gate_c, gate_a, None if mask is None else mask.data_ptr(), threshold)
+    _check(net.call("sa_batch_run", *args, s, out, masks, likelihoods))
+    return out, masks, likelihoods
 
 
 def sa_packed(module) -> list[tuple[Tensor, Tensor]]:
