@@ -17,7 +17,7 @@ def one_soft_step(cell: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
     x = torch.randn(1, B, I, dtype=DTYPE)
     s0 = torch.randn(1, B, 2 if cell == "lstm" else 1, D, dtype=DTYPE)
     new = m(x, state=ar.RecurrentState(s0))[1].cell[0]
-    m_t = m.scheduler(0, s0[0, :, 0], x[0])
+    m_t = m.scheduler(0, s0[0, :, 0], m.input_scores(0, x)[0])
     e = soft_mask(m_t, D, float(m.sharpness), float(m.options["epsilon"]))
     assert ((e > 0.05) & (e < 0.95)).any()  # partly masked dimensions: where the two readings differ
     return new, x[0], s0[0], e, m

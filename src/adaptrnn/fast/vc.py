@@ -44,8 +44,7 @@ def vc_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
     layer_in = x  # (T, B, I)
     for layer, (w, full) in enumerate(zip(neuron_major(module, transpose=True), transposed(module), strict=True)):
         in_size = layer_in.shape[-1]
-        v = getattr(module, f"scheduler_x_l{layer}")
-        x_score = layer_in @ v  # (T, B) the scheduler's input term, for all steps at once
+        x_score = module.input_scores(layer, layer_in)  # (T, B) the scheduler's input term, for all steps at once
         s = state.cell[layer].clone()  # (B, K, D)
         if use_native:  # batch 1: the whole loop in C
             s = s.contiguous()

@@ -16,8 +16,7 @@ from ..layer import RecurrentBase, RecurrentState, Stats, keep_where, valid_floa
 
 def threshold_eps(z: Tensor, epsilon: float) -> Tensor:
     """Thres_ε: 1 above 1 - ε, 0 below ε, identity in between (gradient kept in between)."""
-    one, zero = torch.ones_like(z), torch.zeros_like(z)
-    return torch.where(z > 1 - epsilon, one, torch.where(z < epsilon, zero, z))
+    return torch.where(z > 1 - epsilon, 1.0, torch.where(z < epsilon, 0.0, z))
 
 
 def soft_mask(m: Tensor, hidden_size: int, sharpness: float, epsilon: float) -> Tensor:
@@ -28,8 +27,10 @@ def soft_mask(m: Tensor, hidden_size: int, sharpness: float, epsilon: float) -> 
     Counting from 1 (the paper's notation) would give floor(m_t·D), one fewer than
     :func:`hard_mask`, so training and inference would disagree.
     """
-    i = torch.arange(hidden_size, device=m.device, dtype=m.dtype)
-    return threshold_eps(torch.sigmoid(sharpness * (m.unsqueeze(1) * hidden_size - i)), epsilon)
+    # λ (m D - i) as λ D m - λ i: one add of the scaled column onto the (D,) offsets, a few fewer
+    # (B, D) operations per step in the training loop (forward and backward)
+    offsets = torch.arange(hidden_size, device=m.device, dtype=m.dtype) * -sharpness
+    return threshold_eps(torch.sigmoid(torch.add(offsets, m.unsqueeze(1), alpha=sharpness * hidden_size)), epsilon)
 
 
 def hard_mask(m: Tensor, hidden_size: int) -> Tensor:
@@ -110,11 +111,19 @@ class VCRNN(RecurrentBase):
         hard = self.options["hard"]
         return (not self.training) if hard is None else bool(hard)
 
-    def scheduler(self, layer: int, h: Tensor, x: Tensor) -> Tensor:
-        """m_t = σ(u·h_{t-1} + v·x_t + b), times the ``scale`` dial. h: (B, D), x: (B, I) -> (B,)."""
-        get = lambda n: getattr(self, f"scheduler_{n}_l{layer}")  # noqa: E731
-        m = torch.sigmoid(h @ get("h") + x @ get("x") + get("bias"))
-        return (m * float(self.options["scale"])).clamp(max=1.0)
+    def scheduler(self, layer: int, h: Tensor, x_score: Tensor) -> Tensor:
+        """m_t = σ(u·h_{t-1} + v·x_t + b), times the ``scale`` dial (capped at 1).
+
+        h: (B, D); x_score: (B,) the input term v·x_t (:meth:`input_scores`) -> (B,).
+        """
+        u, b = getattr(self, f"scheduler_h_l{layer}"), getattr(self, f"scheduler_bias_l{layer}")
+        m = torch.sigmoid(h @ u + x_score + b)
+        scale = float(self.options["scale"])
+        return m if scale == 1.0 else (m * scale).clamp(max=1.0)
+
+    def input_scores(self, layer: int, layer_in: Tensor) -> Tensor:
+        """v·x_t for every step at once: (T, B, C) -> (T, B)."""
+        return layer_in @ getattr(self, f"scheduler_x_l{layer}")
 
     def mask(self, m: Tensor) -> Tensor:
         """e_t (B, D): soft in training, binary in hard mode, all ones under full computation."""
@@ -139,11 +148,12 @@ class VCRNN(RecurrentBase):
             # Unbound once: indexing a (T, ...) tensor at [t] in the loop makes autograd build a
             # full-size gradient per step.
             steps_in = layer_in.unbind(0)  # T × (B, I)
+            x_scores = self.input_scores(layer, layer_in).unbind(0)  # T × (B,) the scheduler's input term
             s = state.cell[layer]  # (B, K, D)
             h = s[:, 0]  # h_{t-1}: selected once per step, read by the scheduler, the product and the output
             outs, layer_fraction, layer_m = [], [], []
             for t in range(seq_len):
-                m = self.scheduler(layer, h, steps_in[t])  # (B,)
+                m = self.scheduler(layer, h, x_scores[t])  # (B,)
                 e = self.mask(m)  # (B, D)
                 candidate = joint_step(self.cell, steps_in[t], e * h, s, weight_t, bias)  # S_masked(h_{t-1}, x_t)
                 # h_t = e_t ⊙ S + (1 − e_t) ⊙ s_{t-1} for h and c alike, as one lerp s + e ⊙ (S − s)
