@@ -186,13 +186,13 @@ def test_native_pointwise_equals_cells_pointwise(cell, dtype, d, summed):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("method", list(NATIVE))
 def test_batched_fast_paths_in_float32(method, cell, monkeypatch):
-    """Batch > 1 at float32: the fast paths (with the native element-wise call, or Skip RNN's
-    VCRNN's and SA-RNN's native batched loops) against the reference."""
+    """Batch > 1 at float32: the fast paths (with the native element-wise call, or the native
+    batched loops) against the reference."""
     from adaptrnn.fast import sa as fast_sa
 
     monkeypatch.setattr(fast_sa, "GATHER_MIN_MACS", 0)  # SA: the row gather, not the masked step
     calls = []
-    for name in ("pointwise", "batch_step", "skip_rounds", "vc_batch_layer", "sa_batch_layer"):
+    for name in ("pointwise", "batch_step", "skip_rounds", "vc_batch_layer", "sa_batch_layer", "act_batch"):
         original = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _f=original: calls.append(1) or _f(*a))
     torch.manual_seed(8)

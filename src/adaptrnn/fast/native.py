@@ -55,6 +55,7 @@ SIGNATURES = {  # name: (argument types, return type); every REAL array is a voi
     "gemm_probe": ([_ptr], _int),
     "skip_rounds": ([_ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr, _ptr, _ptr], _i64),
     "batch_step": ([_ptr, _ptr, _ptr, _i64, _ptr, _ptr], _int),
+    "act_batch_run": ([_ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _i64, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
     "sa_batch_run": ([_ptr, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
     "vc_batch_run": ([_ptr, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
 }
@@ -406,6 +407,23 @@ def act_loop(module, gx0: Tensor, steps: int, cell: Tensor) -> tuple[Tensor, Ten
     flag = module.flag_weight.detach().contiguous()
     max_steps, threshold = int(module.options["max_steps"]), 1.0 - float(module.options["epsilon"])
     _check(net.call("act_run", gx0.contiguous(), steps, flag, max_steps, threshold, cell, out, ponders, remainders))
+    return out, ponders, remainders
+
+
+def act_batch(module, x: Tensor, valid: Tensor | None, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """ACT for a batch (``act_batch_run`` in native_batch.h; the halting unit reads the top h).
+
+    x: (T, B, I); valid: (T, B) bool or None; cell: (L, B, K, D) contiguous, updated in place.
+    Returns out (T, B, D), N(t) (T, B) and R(t) (T, B), zero where not valid. Needs :func:`batch_applies`.
+    """
+    net = native_net(module, ("halting_weight", "halting_bias"))
+    seq_len, batch = x.shape[:2]
+    out, ponders, remainders = x.new_empty(seq_len, batch, module.hidden_size), *x.new_empty(2, seq_len, batch)
+    flag = module.flag_weight.detach().contiguous()
+    max_steps, threshold = int(module.options["max_steps"]), 1.0 - float(module.options["epsilon"])
+    mask = None if valid is None else valid.to(torch.uint8).contiguous()
+    args = (blas_gemm(net.dtype), x.contiguous(), seq_len, batch, None if mask is None else mask.data_ptr(), flag)
+    _check(net.call("act_batch_run", *args, max_steps, threshold, cell, out, ponders, remainders))
     return out, ponders, remainders
 
 

@@ -39,10 +39,11 @@ int SUF(gemm_probe)(void *gemm) {
 }
 
 /* One step of the stack for `batch` rows, in place. x: (batch, I) row stride x_ld; state
- * (L, batch, K, D) contiguous; scratch: 2 * batch * G * D. RNN and LSTM sum both products into
- * one pre-activation; the GRU keeps W_hn h apart (its candidate reads r ⊙ (W_hn h + b_hn)). */
+ * (L, batch, K, D) contiguous; scratch: 2 * batch * G * D; extra: (G * D) added to layer 0's
+ * input bias (ACT's first-step flag) or NULL. RNN and LSTM sum both products into one
+ * pre-activation; the GRU keeps W_hn h apart (its candidate reads r ⊙ (W_hn h + b_hn)). */
 static void SUF(batch_stack_step)(const Net *net, void *gemm, const REAL *x, int x_ld, int batch, REAL *state,
-                                  REAL *scratch) {
+                                  REAL *scratch, const REAL *extra) {
     const int d = net->hidden, k = parts(net->cell), n = gates(net->cell) * d, apart = net->cell == CELL_GRU;
     REAL *gx = scratch, *gh = scratch + (size_t)batch * n;
     for (int layer = 0; layer < net->layers; ++layer) {
@@ -51,7 +52,7 @@ static void SUF(batch_stack_step)(const Net *net, void *gemm, const REAL *x, int
         const int in_size = layer == 0 ? net->input_size : d, in_ld = layer == 0 ? x_ld : k * d;
         const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
         for (int j = 0; j < n; ++j) { /* row 0 holds the biases, copied to the others */
-            const REAL bx = b_ih ? b_ih[j] : 0, bh = b_hh ? b_hh[j] : 0;
+            const REAL bx = (b_ih ? b_ih[j] : 0) + (layer == 0 && extra ? extra[j] : 0), bh = b_hh ? b_hh[j] : 0;
             gx[j] = apart ? bx : bx + bh;
             if (apart) gh[j] = bh;
         }
@@ -78,7 +79,7 @@ int SUF(batch_step)(const Net *net, void *gemm, const REAL *x, int64_t n, REAL *
     const int d = net->hidden, k = parts(net->cell);
     REAL *scratch = malloc(sizeof(REAL) * 2 * (size_t)n * gates(net->cell) * d);
     if (!scratch) return -1;
-    SUF(batch_stack_step)(net, gemm, x, net->input_size, (int)n, state, scratch);
+    SUF(batch_stack_step)(net, gemm, x, net->input_size, (int)n, state, scratch, NULL);
     free(scratch);
     const REAL *top = state + (size_t)(net->layers - 1) * n * k * d + (size_t)(k - 1) * d;
     for (int64_t r = 0; r < n; ++r) gate[r] = SUF(gate)(net, top + (size_t)r * k * d);
@@ -126,7 +127,7 @@ int64_t SUF(skip_rounds)(const Net *net, void *gemm, const REAL *x, int64_t seq_
         }
         REAL *stepped = state; /* every row at one step: in place, x read where it lies */
         if (n == batch && same_step) {
-            SUF(batch_stack_step)(net, gemm, x + (size_t)first * batch * in, in, (int)n, state, scratch);
+            SUF(batch_stack_step)(net, gemm, x + (size_t)first * batch * in, in, (int)n, state, scratch, NULL);
         } else {
             for (int64_t j = 0; j < n; ++j) {
                 const int64_t r = rows[j], step = (int64_t)next_t[r];
@@ -134,7 +135,7 @@ int64_t SUF(skip_rounds)(const Net *net, void *gemm, const REAL *x, int64_t seq_
                 for (int l = 0; l < layers; ++l)
                     memcpy(st + ((size_t)l * n + j) * row, state + ((size_t)l * batch + r) * row, sizeof(REAL) * row);
             }
-            SUF(batch_stack_step)(net, gemm, xs, in, (int)n, st, scratch);
+            SUF(batch_stack_step)(net, gemm, xs, in, (int)n, st, scratch, NULL);
             stepped = st;
         }
         for (int64_t j = 0; j < n; ++j) {
@@ -333,6 +334,82 @@ int SUF(sa_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
     status = 0;
 done:
     free(pw), free(gx), free(hc), free(active), free(any);
+    return status;
+}
+
+/* ACT for a batch (fast/act.py's ponder, the same steps): at each input step the valid rows
+ * ponder, the first ponder step with the flag's weights in layer 0's input bias, until
+ * Σ h_n ≥ threshold or n = max_steps (h_n = σ(W_h · top h + b_h)); rows that halt leave the
+ * computation (the running rows are compacted after each ponder step) and their new state is
+ * the mean field Σ p_n s_n (p_n = h_n, the remainder R = 1 - Σ h at the halting step).
+ *   x (T, B, I) contiguous; valid (T, B) or NULL (an invalid step: not pondered, N = R = 0);
+ *   flag (G * D); state (L, B, K, D) stepped in place; out (T, B, D), ponders and remainders
+ *   (T, B) written. Returns 0, or -1 if the work space could not be allocated. */
+int SUF(act_batch_run)(const Net *net, void *gemm, const REAL *x, int64_t steps, int64_t batch, const uint8_t *valid,
+                       const REAL *flag, int64_t max_steps, double threshold, REAL *state, REAL *out, REAL *ponders,
+                       REAL *remainders) {
+    const int d = net->hidden, k = parts(net->cell), in = net->input_size, layers = net->layers;
+    const size_t row = (size_t)k * d, rows_all = (size_t)layers * batch * row;
+    REAL *cur = malloc(sizeof(REAL) * rows_all), *mean = malloc(sizeof(REAL) * rows_all);
+    REAL *xs = malloc(sizeof(REAL) * (size_t)batch * in), *cum = malloc(sizeof(REAL) * batch);
+    REAL *scratch = malloc(sizeof(REAL) * 2 * (size_t)batch * gates(net->cell) * d);
+    int64_t *place = malloc(sizeof(int64_t) * batch), *rows = malloc(sizeof(int64_t) * batch);
+    int64_t *rows_kept = malloc(sizeof(int64_t) * batch);
+    const REAL thr = (REAL)threshold;
+    int status = -1;
+    if (!cur || !mean || !xs || !cum || !scratch || !place || !rows || !rows_kept) goto done;
+    for (int64_t t = 0; t < steps; ++t) {
+        int64_t n = 0;
+        for (int64_t r = 0; r < batch; ++r)
+            if (!valid || valid[(size_t)t * batch + r]) rows[n++] = r;
+        for (int64_t r = 0; r < batch; ++r) ponders[(size_t)t * batch + r] = remainders[(size_t)t * batch + r] = 0;
+        /* the running rows, compact: layer l of running row j at cur[(l n + j) row] */
+        for (int64_t j = 0; j < n; ++j) {
+            memcpy(xs + (size_t)j * in, x + ((size_t)t * batch + rows[j]) * in, sizeof(REAL) * in);
+            for (int l = 0; l < layers; ++l)
+                memcpy(cur + ((size_t)l * n + j) * row, state + ((size_t)l * batch + rows[j]) * row, sizeof(REAL) * row);
+            cum[j] = 0, place[j] = rows[j];
+        }
+        for (int64_t step = 1, live = n; step <= max_steps && live; ++step) {
+            SUF(batch_stack_step)(net, gemm, xs, in, (int)live, cur, scratch, step == 1 ? flag : NULL);
+            int64_t kept = 0;
+            for (int64_t j = 0; j < live; ++j) {
+                const int64_t r = place[j];
+                const REAL hp = SUF(gate)(net, cur + ((size_t)(layers - 1) * live + j) * row);
+                const int stop = cum[j] + hp >= thr || step == max_steps;
+                const REAL p = stop ? 1 - cum[j] : hp;
+                for (int l = 0; l < layers; ++l) {
+                    REAL *m = mean + ((size_t)l * batch + r) * row;
+                    const REAL *s = cur + ((size_t)l * live + j) * row;
+                    for (size_t i = 0; i < row; ++i) m[i] = step == 1 ? p * s[i] : m[i] + p * s[i];
+                }
+                if (stop) {
+                    ponders[(size_t)t * batch + r] = (REAL)step, remainders[(size_t)t * batch + r] = 1 - cum[j];
+                    continue;
+                }
+                /* still running: moves to place `kept` (kept <= j) */
+                cum[kept] = cum[j] + hp, place[kept] = r, rows_kept[kept] = j;
+                memmove(xs + (size_t)kept * in, xs + (size_t)j * in, sizeof(REAL) * in);
+                ++kept;
+            }
+            if (kept < live) /* the survivors' states, layer-major with stride kept: each moves down */
+                for (int l = 0; l < layers; ++l)
+                    for (int64_t q = 0; q < kept; ++q)
+                        memmove(cur + ((size_t)l * kept + q) * row, cur + ((size_t)l * live + rows_kept[q]) * row,
+                                sizeof(REAL) * row);
+            live = kept;
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t r = rows[j];
+            for (int l = 0; l < layers; ++l)
+                memcpy(state + ((size_t)l * batch + r) * row, mean + ((size_t)l * batch + r) * row, sizeof(REAL) * row);
+        }
+        for (int64_t r = 0; r < batch; ++r)
+            memcpy(out + ((size_t)t * batch + r) * d, state + ((size_t)(layers - 1) * batch + r) * row, sizeof(REAL) * d);
+    }
+    status = 0;
+done:
+    free(cur), free(mean), free(xs), free(cum), free(scratch), free(place), free(rows), free(rows_kept);
     return status;
 }
 
