@@ -164,7 +164,8 @@ done:
 
 /* VCRNN's hard-mode loop over one layer for a batch (fast/vc.py's _steps, the same steps): each
  * step takes every row's m_t and d_t (as vc_run), then computes the upper-left blocks up to
- * top = max_r d_r for every row, 2G products through BLAS (RNN and LSTM: G, summed). A row with
+ * top = max_r d_r for every row, packed contiguous, in 2 products through BLAS (RNN and LSTM:
+ * summed into one pre-activation). A row with
  * d_r < top reads h masked to its first d_r dimensions and keeps the dimensions past d_r.
  *   x (T, B, C), x_score (T, B) contiguous; valid (T, B) or NULL (an invalid step: d = 0, the
  *   state kept); u (D): the scheduler's weight on h; state (B, K, D) stepped in place;
@@ -179,9 +180,10 @@ int SUF(vc_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
     const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
     REAL *gx = malloc(sizeof(REAL) * 2 * (size_t)batch * g * D), *hm = malloc(sizeof(REAL) * (size_t)batch * D);
     REAL *kept = malloc(sizeof(REAL) * 2 * (size_t)batch * D); /* a partial row's block, computed aside */
+    REAL *pack = malloc(sizeof(REAL) * (size_t)(in + D) * g * D); /* the blocks of W_ih^T, W_hh^T for top */
     int64_t *dims = malloc(sizeof(int64_t) * batch);
-    int status = -1;
-    if (!gx || !hm || !kept || !dims) goto done;
+    int status = -1, packed = 0;
+    if (!gx || !hm || !kept || !pack || !dims) goto done;
     REAL *gh = gx + (size_t)batch * g * D;
     for (int64_t t = 0; t < steps; ++t) {
         int64_t top = 0;
@@ -210,13 +212,19 @@ int SUF(vc_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
                         if (apart) gh[(size_t)r * width + q * n + j] = bh;
                     }
             }
-            const REAL *xt = x + (size_t)t * batch * in;
-            const int blocks = n == D ? 1 : g, cols = n == D ? width : n; /* every column: one product each */
-            for (int q = 0; q < blocks; ++q) {
-                SUF(matmul)(gemm, nb, cols, in, xt, in, w_ih + (size_t)q * D, g * D, 1, gx + (size_t)q * n, width);
-                SUF(matmul)(gemm, nb, cols, n, hm, n, w_hh + (size_t)q * D, g * D, 1, (apart ? gh : gx) + (size_t)q * n,
-                            width);
+            const REAL *xt = x + (size_t)t * batch * in, *pih = w_ih, *phh = w_hh;
+            if (n < D) { /* the blocks packed contiguous (again only when top changed): one product each */
+                if (n != packed)
+                    for (int j = 0; j < in + n; ++j) {
+                        const REAL *src = j < in ? w_ih + (size_t)j * g * D : w_hh + (size_t)(j - in) * g * D;
+                        REAL *dst = pack + (size_t)j * width;
+                        for (int q = 0; q < g; ++q) memcpy(dst + q * n, src + q * D, sizeof(REAL) * n);
+                    }
+                packed = n, pih = pack, phh = pack + (size_t)in * width;
             }
+            const int ld = n < D ? width : g * D;
+            SUF(matmul)(gemm, nb, width, in, xt, in, pih, ld, 1, gx, width);
+            SUF(matmul)(gemm, nb, width, n, hm, n, phh, ld, 1, apart ? gh : gx, width);
             const int use = net->threads > 1 && (long)batch * n >= PARALLEL_MIN / 8 ? net->threads : 1;
             (void)use; /* unused in a build without OpenMP */
 #pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
@@ -240,7 +248,7 @@ int SUF(vc_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
     }
     status = 0;
 done:
-    free(gx), free(hm), free(kept), free(dims);
+    free(gx), free(hm), free(kept), free(pack), free(dims);
     return status;
 }
 
