@@ -41,9 +41,9 @@ class OptionalNative(build_ext):
             except Exception as err:  # noqa: BLE001  any failure leaves the PyTorch paths, never a failed install
                 errors.append(str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
         message = (
-            "adaptrnn: the native batch-1 loops (src/adaptrnn/fast/native.c) were NOT built "
+            "adaptrnn: the native inference loops (src/adaptrnn/fast/native.c) were NOT built "
             f"({'; '.join(errors)}). The package works without them (PyTorch paths, same results, "
-            "slower at batch 1); install a C compiler and reinstall to build them."
+            "slower); install a C compiler and reinstall to build them."
         )
         self.warn(message)
 

@@ -1,4 +1,4 @@
-"""The native batch-1 loops (``native.c``, built by ``pip install``) against the reference loops.
+"""The native loops (``native.c``, built by ``pip install``) against the reference loops.
 
 Each method's whole sequence loop runs in C at batch 1 (Skip RNN's jumps, VCRNN's d_t blocks,
 SA-RNN's active rows, ACT's ponder steps). In float64 the C loops must give the reference's

@@ -1,4 +1,4 @@
-"""The native batch-1 loops split over threads (OpenMP, torch's thread count) give the one-thread results.
+"""The native loops split over threads (OpenMP, torch's thread count) give the one-thread results.
 
 The C loops split each step's products by whole output blocks (Skip RNN, ACT), whole gate
 products (VCRNN) or whole chunks of 16 active neurons (SA-RNN), so no sum changes order: two

@@ -1,10 +1,12 @@
-"""The native batch-1 loops (``native.c``): built by ``pip install``, optional.
+"""The native inference loops (``native.c``): built by ``pip install``, optional.
 
 At batch 1 a Python step costs ~25-35 tensor operations of a few microseconds each, several
 times the arithmetic of the step itself, so work left out from Python saves far less than it
 should. ``native.c`` runs each method's whole sequence loop in C: Skip RNN's jumps (eq. 6),
 VCRNN's upper-left d_t blocks, SA-RNN's active neurons' rows and ACT's ponder steps, plus
-one stack step for streaming and for inputs produced on demand.
+one stack step for streaming and for inputs produced on demand. At batch > 1 the same loops
+run with their products in the BLAS that torch links (``blas_gemm``; native_batch.h), where
+torch's library exports one.
 
 ``pip install`` builds it as an optional extension (``setup.py``); where it was not built (no C
 compiler at install) one warning says so at first use and everything runs through PyTorch,
@@ -103,8 +105,8 @@ def library() -> ctypes.CDLL | None:
         lib, reason = None, f"it is out of date ({err}); reinstall the package"
     if lib is None:
         warnings.warn(
-            f"adaptrnn: the native batch-1 loops are unavailable: {reason}. Batch-1 inference runs "
-            "in PyTorch (same results, slower); reinstall with a C compiler to build them.",
+            f"adaptrnn: the native inference loops are unavailable: {reason}. Inference runs in "
+            "PyTorch (same results, slower); reinstall with a C compiler to build them.",
             stacklevel=3,
         )
         return None
