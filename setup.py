@@ -53,7 +53,10 @@ setup(
         Extension(
             NATIVE,
             sources=["src/adaptrnn/fast/native.c"],
-            depends=["src/adaptrnn/fast/native_loops.h", "src/adaptrnn/fast/native_sa.h", "src/adaptrnn/fast/native_batch.h"],
+            depends=[
+                f"src/adaptrnn/fast/{name}.h"
+                for name in ("native_loops", "native_sa", "native_batch", "native_batch_neurons")
+            ],
             libraries=["m"] if os.name == "posix" else [],
             optional=True,
         )

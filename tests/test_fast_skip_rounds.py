@@ -8,7 +8,7 @@ import torch
 
 import adaptrnn as ar
 from adaptrnn.bench import controlled
-from adaptrnn.fast import native
+from adaptrnn.fast import native, native_batch
 from adaptrnn.fast import skip as fast_skip
 from test_fast import CELLS, DTYPE, assert_same, reference_twin
 
@@ -30,18 +30,18 @@ def spied_rounds(monkeypatch) -> list[int]:
 
 @pytest.fixture(params=["native", "python"])
 def in_c(request, monkeypatch) -> list[str]:
-    """The rounds whole in C with torch's BLAS (``native.skip_rounds``; a ``features`` callable:
-    Python rounds of ``native.batch_step``), or all from Python (``weights.stack_step``).
+    """The rounds whole in C with torch's BLAS (``native_batch.skip_rounds``; a ``features`` callable:
+    Python rounds of ``native_batch.batch_step``), or all from Python (``weights.stack_step``).
     Returns the list of native functions called, in order."""
     calls: list[str] = []
     if request.param == "python":
-        monkeypatch.setattr(native, "batch_applies", lambda *a: False)
-    elif native.library() is None or native.blas_gemm(DTYPE) is None:
+        monkeypatch.setattr(native_batch, "batch_applies", lambda *a: False)
+    elif native.library() is None or native_batch.blas_gemm(DTYPE) is None:
         pytest.skip("the native batched loops are not available here")
     else:
         for name in ("skip_rounds", "batch_step"):
-            real = getattr(native, name)
-            monkeypatch.setattr(native, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
+            real = getattr(native_batch, name)
+            monkeypatch.setattr(native_batch, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
     return calls
 
 
@@ -92,7 +92,7 @@ def test_outputs_in_time_order_then_from_the_log(monkeypatch, cell: str) -> None
     """Every row due at step 0 (ũ = 1): the loop starts in time order (a window, outputs written
     as it goes), then the rows' schedules part and it continues in rounds from the log (the
     Python loop's bookkeeping: the C loop writes every output in place)."""
-    monkeypatch.setattr(native, "batch_applies", lambda *a: False)
+    monkeypatch.setattr(native_batch, "batch_applies", lambda *a: False)
     m = ar.SkipRNN(cell, I, D, num_layers=2).to(DTYPE).eval()
     with torch.no_grad():
         m.update_weight.normal_(0.0, 2.0)

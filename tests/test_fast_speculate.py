@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import adaptrnn as ar
-from adaptrnn.fast import native, speculate
+from adaptrnn.fast import native, native_batch, speculate
 from adaptrnn.layer import RecurrentState
 from conftest import COSTLY, vary_gates
 from test_fast import CELLS, assert_same, reference_twin
@@ -88,7 +88,7 @@ def run(m: ar.RecurrentBase, dtype: torch.dtype, lengths) -> tuple[dict, torch.T
 @pytest.mark.parametrize("method", ["skip", "vc", "sa", "act"])
 def test_windows_equal_the_reference(monkeypatch, method, cell, num_layers, dtype, padded):
     # the windows are the PyTorch loops': with the native batched loops the whole loop runs in C
-    monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)
+    monkeypatch.setattr(ar.fast.native_batch, "batch_applies", lambda *a: False)
     windows = sweep(method, cell, num_layers, dtype, padded)
     if method == "skip" and cell == "lstm":  # whole-sequence windows, c recovered (LstmWindow)
         assert windows["recovered"] == windows["windows"] > 0 and not windows["stepwise"]
@@ -98,7 +98,7 @@ def test_windows_equal_the_reference(monkeypatch, method, cell, num_layers, dtyp
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_skip_lstm_stepwise_windows_equal_the_reference(monkeypatch, num_layers, dtype):
     """Above ``LSTM_WINDOW_MAX_MACS`` the Skip LSTM's windows are one-step calls (``stepwise``)."""
-    monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)  # the PyTorch path
+    monkeypatch.setattr(ar.fast.native_batch, "batch_applies", lambda *a: False)  # the PyTorch path
     monkeypatch.setattr("adaptrnn.fast.skip.LSTM_WINDOW_MAX_MACS", 0)
     windows = sweep("skip", "lstm", num_layers, dtype, padded=False)
     assert windows["stepwise"] == windows["windows"] > 0 and not windows["recovered"]
@@ -153,9 +153,8 @@ def test_step_threads_scope(monkeypatch):
     before = torch.get_num_threads()
     seen = {"window": set(), "step": set()}
     original_window, original_pointwise = speculate.window, native.pointwise
-    monkeypatch.setattr(
-        native, "batch_applies", lambda *a: False
-    )  # the PyTorch loop (SA's C loop: test_native_threads)
+    # the PyTorch loop (SA's C loop: test_native_threads)
+    monkeypatch.setattr(native_batch, "batch_applies", lambda *a: False)
 
     def spy(kind, original):
         return lambda *a, **k: seen[kind].add(torch.get_num_threads()) or original(*a, **k)
@@ -180,7 +179,7 @@ def test_skip_lstm_window_threads(monkeypatch, limit):
     """The LSTM's Skip windows of one-step calls from Python (``stepwise``, at large steps) run at
     the loop's one thread; its whole-sequence windows (``LstmWindow``) at the caller's count."""
     before, seen = torch.get_num_threads(), set()
-    monkeypatch.setattr(ar.fast.native, "batch_applies", lambda *a: False)  # the PyTorch path
+    monkeypatch.setattr(ar.fast.native_batch, "batch_applies", lambda *a: False)  # the PyTorch path
     monkeypatch.setattr("adaptrnn.fast.skip.LSTM_WINDOW_MAX_MACS", limit)
     original = ar.fast.skip.stepwise, speculate.LstmWindow.__call__
     monkeypatch.setattr(

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import adaptrnn as ar
-from adaptrnn.fast import native
+from adaptrnn.fast import native, native_batch
 from conftest import vary_gates
 
 CELLS = ("rnn", "gru", "lstm")
@@ -193,8 +193,9 @@ def test_batched_fast_paths_in_float32(method, cell, monkeypatch):
     monkeypatch.setattr(fast_sa, "GATHER_MIN_MACS", 0)  # SA: the row gather, not the masked step
     calls = []
     for name in ("pointwise", "batch_step", "skip_rounds", "vc_batch_layer", "sa_batch_layer", "act_batch"):
-        original = getattr(native, name)
-        monkeypatch.setattr(native, name, lambda *a, _f=original: calls.append(1) or _f(*a))
+        home = native if name == "pointwise" else native_batch
+        original = getattr(home, name)
+        monkeypatch.setattr(home, name, lambda *a, _f=original: calls.append(1) or _f(*a))
     torch.manual_seed(8)
     m = lively(method, cell, 2, torch.float32)
     x = torch.randn(T, 4, I)

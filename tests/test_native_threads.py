@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import adaptrnn as ar
-from adaptrnn.fast import native
+from adaptrnn.fast import native, native_batch
 from conftest import vary_gates
 from test_native import CELLS, NATIVE, assert_same, needs_native
 
@@ -87,12 +87,12 @@ def test_batched_loops_at_two_threads(method, cell, dtype, monkeypatch):
     """Every method at batch > 1 through the native batched loops (products in torch's
     BLAS): they run at the caller's thread count, not the Python loop's one thread, and two
     threads give the reference's results (to rounding: the BLAS may split sums by threads)."""
-    if native.blas_gemm(dtype) is None:
+    if native_batch.blas_gemm(dtype) is None:
         pytest.skip("torch's BLAS exports no ?gemm_ here")
     seen = set()
     for name in ("skip_rounds", "batch_step", "vc_batch_layer", "sa_batch_layer", "act_batch"):
-        real = getattr(native, name)
-        monkeypatch.setattr(native, name, lambda *a, _f=real: seen.add(torch.get_num_threads()) or _f(*a))
+        real = getattr(native_batch, name)
+        monkeypatch.setattr(native_batch, name, lambda *a, _f=real: seen.add(torch.get_num_threads()) or _f(*a))
     m = wide(method, cell, dtype)
     if method == "skip":
         with torch.no_grad():

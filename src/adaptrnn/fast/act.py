@@ -6,7 +6,7 @@ compacted with ``index_select``), so a ponder step costs in proportion to the ro
 running; padded steps are not pondered at all. The mean-field sum adds each row's terms in
 the same order as the reference. At batch 1 (float32 or float64 on the CPU) the whole loop
 runs in C (``native.act_loop``), taking only the ponder steps needed; at batch > 1 too where
-torch's BLAS is found and the halting unit reads the top h (``native.act_batch``: the same
+torch's BLAS is found and the halting unit reads the top h (``native_batch.act_batch``: the same
 compaction, the products in BLAS), the loop here being the fallback.
 After an input step at which every row halted at its first ponder step, a speculative
 window (``speculate``) runs the next first ponder steps of every row in one ATen call and
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..cells import input_projection
 from ..layer import RecurrentState, Stats
-from . import native
+from . import native, native_batch
 from .aten_step import AtenStep
 from .speculate import StepThreads, Window, flat, step_macs, window
 from .weights import project, projected_stack_step, transposed
@@ -47,9 +47,9 @@ def act_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) 
         out, steps, remainders = native.act_loop(module, gx0, ends, cell[:, 0])
         out[ends:] = cell[-1, 0, 0]  # padded steps keep the state
         out, steps, remainders = out.unsqueeze(1), steps.unsqueeze(1), remainders.unsqueeze(1)
-    elif module.options["halting_input"] == "h" and native.batch_applies(module, cell):  # a batch, in C
+    elif module.options["halting_input"] == "h" and native_batch.batch_applies(module, cell):  # a batch, in C
         cell = cell.contiguous()
-        out, steps, remainders = native.act_batch(module, x, valid, cell)
+        out, steps, remainders = native_batch.act_batch(module, x, valid, cell)
     else:
         first = AtenStep(module, range(module.num_layers), first_bias=module.flag_weight)
         # Steps [0, full) have every row valid: where windows may run.

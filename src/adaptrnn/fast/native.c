@@ -7,7 +7,7 @@
  * steps not taken) is time saved in proportion.
  *
  * The loops are written once in native_loops.h (SA-RNN's in native_sa.h, the batched ones that
- * call torch's BLAS in native_batch.h) and included twice:
+ * call torch's BLAS in native_batch.h and native_batch_neurons.h) and included twice:
  * with REAL = float (suffix _f32; exp is a Cephes-style polynomial, relative error ~2e-7, so the
  * element-wise loops vectorise without -ffast-math) and REAL = double (suffix _f64; libm's exp),
  * the latter so that tests can compare with the reference to float64 precision.
@@ -159,6 +159,7 @@ typedef int32_t MASK32 __attribute__((vector_size(32)));
 #include "native_loops.h"
 #include "native_sa.h"
 #include "native_batch.h"
+#include "native_batch_neurons.h"
 #undef REAL
 #undef SUF
 #undef EXP
@@ -176,3 +177,4 @@ typedef int64_t MASK64 __attribute__((vector_size(32)));
 #include "native_loops.h"
 #include "native_sa.h"
 #include "native_batch.h"
+#include "native_batch_neurons.h"

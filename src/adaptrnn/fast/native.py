@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import glob
 import importlib.util
 import os
 import warnings
@@ -61,7 +60,6 @@ SIGNATURES = {  # name: (argument types, return type); every REAL array is a voi
     "sa_batch_run": ([_ptr, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
     "vc_batch_run": ([_ptr, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
 }
-BLAS_GEMM = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran names, as MKL and OpenBLAS export them
 
 
 class _Net(ctypes.Structure):
@@ -125,33 +123,6 @@ def applies(module, state_cell: Tensor) -> bool:
     params = (*module.parameters(), state_cell)
     ok = dtype in SUFFIX and all(p.device.type == "cpu" and p.dtype == dtype for p in params)
     return ok and state_cell.shape[1] == 1 and library() is not None
-
-
-@functools.cache
-def blas_gemm(dtype: torch.dtype) -> int | None:
-    """The address of the ``?gemm_`` of the BLAS in torch's own library, if it exports one that
-    passes ``gemm_probe`` (a small strided product against a plain loop); else None, and the
-    batched paths stay in PyTorch. Found by name in the library file, never loaded from elsewhere."""
-    lib = library()
-    if lib is None or dtype not in BLAS_GEMM:
-        return None
-    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
-    for path in sorted(glob.glob(os.path.join(folder, "libtorch_cpu*"))):
-        try:
-            address = ctypes.cast(getattr(ctypes.CDLL(path), BLAS_GEMM[dtype]), ctypes.c_void_p).value
-        except (OSError, AttributeError):
-            continue
-        if address and getattr(lib, "gemm_probe" + SUFFIX[dtype])(address):
-            return address
-    return None
-
-
-def batch_applies(module, state_cell: Tensor) -> bool:
-    """Whether the native batched loops can run: as :func:`applies` at any batch, with torch's BLAS found."""
-    dtype = state_cell.dtype
-    params = (*module.parameters(), state_cell)
-    ok = dtype in SUFFIX and all(p.device.type == "cpu" and p.dtype == dtype for p in params)
-    return ok and library() is not None and blas_gemm(dtype) is not None
 
 
 class NativeNet:
@@ -253,40 +224,6 @@ def skip_run(module, x: Tensor, first: int, end: int, threshold: float, cell: Te
     return steps[:count], hidden[:count], deltas[:count].double().numpy()
 
 
-def skip_rounds(module, x: Tensor, next_t: np.ndarray, ends: np.ndarray, threshold: float, cell: Tensor, out: Tensor):
-    """Skip RNN's batched rounds, whole in C (``skip_rounds`` in native_batch.h).
-
-    x: (T, B, I); next_t (B,) float64, each row's first update (inf: none), updated; ends (B,)
-    valid lengths; cell (L, B, K, D) contiguous, stepped in place; out (T, B, D) filled.
-    Returns the update events' steps and rows (E,) int64 arrays and Δũ (E,) float64 array.
-    Needs :func:`batch_applies`.
-    """
-    if next_t.dtype != np.float64 or not next_t.flags.c_contiguous:
-        raise ValueError("next_t must be a contiguous float64 array (the C loop updates it in place)")
-    net = stack_net(module)
-    seq_len, batch = x.shape[:2]
-    ends = np.ascontiguousarray(ends, dtype=np.int64)
-    steps, rows = np.empty(seq_len * batch, dtype=np.int64), np.empty(seq_len * batch, dtype=np.int64)
-    deltas = x.new_empty(seq_len * batch)
-    arrays = (ends.ctypes.data, next_t.ctypes.data)
-    count = net.call(
-        "skip_rounds", blas_gemm(net.dtype), x.contiguous(), seq_len, batch, *arrays, threshold, cell, out,
-        steps.ctypes.data, rows.ctypes.data, deltas,
-    )  # fmt: skip
-    _check(0 if count >= 0 else -1)
-    return steps[:count], rows[:count], deltas[:count].double().numpy()
-
-
-def batch_step(module, x: Tensor, cell: Tensor) -> Tensor:
-    """One stack step for every row of ``cell`` (L, n, K, D), contiguous and stepped in place
-    (``batch_step`` in native_batch.h). x: (n, I). Returns the rows' Δũ (n,) (Skip RNN's gate;
-    zeros' sigmoid, 0.5, for a module without one). Needs :func:`batch_applies`."""
-    net = stack_net(module)
-    gate = x.new_empty(x.shape[0])
-    _check(net.call("batch_step", blas_gemm(net.dtype), x.contiguous(), x.shape[0], cell, gate))
-    return gate
-
-
 def vc_layer(module, layer: int, x: Tensor, steps: int, x_score: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """VCRNN's hard-mode loop over one layer for one sequence (see ``vc_run`` in native_loops.h).
 
@@ -301,47 +238,8 @@ def vc_layer(module, layer: int, x: Tensor, steps: int, x_score: Tensor, s: Tens
     bias = float(getattr(module, f"scheduler_bias_l{layer}"))
     scale = float(module.options["scale"])
     x, x_score = x.contiguous(), x_score.contiguous()
-    _check(net.call("vc_run", layer, x, steps, x_score, u, bias, scale, s, out, ms, ds.numpy().ctypes.data))
+    check(net.call("vc_run", layer, x, steps, x_score, u, bias, scale, s, out, ms, ds.numpy().ctypes.data))
     return out, ms, ds
-
-
-def vc_batch_layer(module, layer: int, x: Tensor, x_score: Tensor, valid: Tensor | None, s: Tensor) -> tuple:
-    """VCRNN's hard-mode loop over one layer for a batch (``vc_batch_run`` in native_batch.h).
-
-    x: (T, B, C); x_score: (T, B) the scheduler's input term; valid: (T, B) bool or None; s:
-    (B, K, D) contiguous, updated in place. Returns out (T, B, D), m (T, B) and d (T, B) int64.
-    Needs :func:`batch_applies`.
-    """
-    net = native_net(module)
-    seq_len, batch = x.shape[:2]
-    out = x.new_empty(seq_len, batch, module.hidden_size)
-    ms, ds = x.new_empty(seq_len, batch), torch.empty(seq_len, batch, dtype=torch.int64)
-    u = getattr(module, f"scheduler_h_l{layer}").detach().contiguous()
-    bias, scale = float(getattr(module, f"scheduler_bias_l{layer}")), float(module.options["scale"])
-    mask = None if valid is None else valid.to(torch.uint8).contiguous()
-    gemm, x, x_score = blas_gemm(net.dtype), x.contiguous(), x_score.contiguous()
-    args = (gemm, layer, x, seq_len, batch, x_score, None if mask is None else mask.data_ptr(), u, bias, scale)
-    _check(net.call("vc_batch_run", *args, s, out, ms, ds.numpy().ctypes.data))
-    return out, ms, ds
-
-
-def sa_batch_layer(module, layer: int, x: Tensor, gate_a: Tensor, gate_c: Tensor, valid: Tensor | None, s: Tensor):
-    """SA-RNN's loop over one layer for a batch (``sa_batch_run`` in native_batch.h).
-
-    x: (T, B, C); gate_a (D,), gate_c (T, B, D): ũ_t = clamp(gate_c[t] + gate_a ⊙ h, 0, 1);
-    valid: (T, B) bool or None; s: (B, K, D) contiguous, updated in place. Returns out (T, B, D),
-    the masks u (T, B, D) and Σ_i ũ (T, B). Needs :func:`batch_applies`.
-    """
-    net = native_net(module)
-    seq_len, batch = x.shape[:2]
-    out, masks = x.new_empty(seq_len, batch, module.hidden_size), x.new_empty(seq_len, batch, module.hidden_size)
-    likelihoods = x.new_empty(seq_len, batch)
-    mask = None if valid is None else valid.to(torch.uint8).contiguous()
-    gemm, x, gate_c, gate_a = blas_gemm(net.dtype), x.contiguous(), gate_c.contiguous(), gate_a.contiguous()
-    threshold = float(module.options["threshold"])
-    args = (gemm, layer, x, seq_len, batch, gate_c, gate_a, None if mask is None else mask.data_ptr(), threshold)
-    _check(net.call("sa_batch_run", *args, s, out, masks, likelihoods))
-    return out, masks, likelihoods
 
 
 def sa_packed(module) -> list[tuple[Tensor, Tensor]]:
@@ -393,7 +291,7 @@ def sa_layer(module, layer: int, x: Tensor, steps: int, gate_x: Tensor, s: Tenso
     slope, threshold = float(module.slope), float(module.options["threshold"])
     x, gate_x = x.contiguous(), gate_x.contiguous()
     args = (layer, x, steps, gate_x, diag, slope, threshold, rows, bias, s, out, mask, likelihood)
-    _check(net.call("sa_run", *args))
+    check(net.call("sa_run", *args))
     return out, mask, likelihood
 
 
@@ -408,28 +306,12 @@ def act_loop(module, gx0: Tensor, steps: int, cell: Tensor) -> tuple[Tensor, Ten
     out, ponders, remainders = gx0.new_zeros(seq_len, module.hidden_size), *gx0.new_zeros(2, seq_len)
     flag = module.flag_weight.detach().contiguous()
     max_steps, threshold = int(module.options["max_steps"]), 1.0 - float(module.options["epsilon"])
-    _check(net.call("act_run", gx0.contiguous(), steps, flag, max_steps, threshold, cell, out, ponders, remainders))
+    check(net.call("act_run", gx0.contiguous(), steps, flag, max_steps, threshold, cell, out, ponders, remainders))
     return out, ponders, remainders
 
 
-def act_batch(module, x: Tensor, valid: Tensor | None, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """ACT for a batch (``act_batch_run`` in native_batch.h; the halting unit reads the top h).
-
-    x: (T, B, I); valid: (T, B) bool or None; cell: (L, B, K, D) contiguous, updated in place.
-    Returns out (T, B, D), N(t) (T, B) and R(t) (T, B), zero where not valid. Needs :func:`batch_applies`.
-    """
-    net = native_net(module, ("halting_weight", "halting_bias"))
-    seq_len, batch = x.shape[:2]
-    out, ponders, remainders = x.new_empty(seq_len, batch, module.hidden_size), *x.new_empty(2, seq_len, batch)
-    flag = module.flag_weight.detach().contiguous()
-    max_steps, threshold = int(module.options["max_steps"]), 1.0 - float(module.options["epsilon"])
-    mask = None if valid is None else valid.to(torch.uint8).contiguous()
-    args = (blas_gemm(net.dtype), x.contiguous(), seq_len, batch, None if mask is None else mask.data_ptr(), flag)
-    _check(net.call("act_batch_run", *args, max_steps, threshold, cell, out, ponders, remainders))
-    return out, ponders, remainders
-
-
-def _check(status: int) -> None:
+def check(status: int) -> None:
+    """Raise if a C loop could not allocate its work space (status -1)."""
     if status != 0:
         raise MemoryError("the native loop could not allocate its buffers")
 

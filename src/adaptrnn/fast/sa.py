@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
-from . import native
+from . import native, native_batch
 from .aten_step import AtenStep
 from .speculate import StepThreads, Window, step_macs, window
 from .weights import gate_major, neuron_major, project, stack_step, transposed
@@ -59,11 +59,11 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             mask, likelihoods = masks.unsqueeze(1), likelihoods.unsqueeze(1)
             out = out.unsqueeze(1)
         else:
-            if native.batch_applies(module, s):  # a batch: the whole loop in C, products in torch's BLAS
+            if native_batch.batch_applies(module, s):  # a batch: the whole loop in C, products in torch's BLAS
                 half_slope = float(module.slope) / 2  # the hard sigmoid folded in, as in _steps
                 gate_a, gate_c = module.gate_weights(layer)[0] * half_slope, _gate_input(module, layer, layer_in)
                 s = s.contiguous()
-                out, masks, likelihoods = native.sa_batch_layer(module, layer, layer_in, gate_a, gate_c, valid, s)
+                out, masks, likelihoods = native_batch.sa_batch_layer(module, layer, layer_in, gate_a, gate_c, valid, s)
             else:
                 s, out, masks, likelihoods = _steps(module, layer, layer_in, rows, full, s, valid)
             mask = masks if valid is None else masks * weight.unsqueeze(-1)  # (T, B, D)

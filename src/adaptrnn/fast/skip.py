@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..layer import RecurrentState, Stats, valid_float
-from . import native
+from . import native, native_batch
 from .aten_step import AtenStep
 from .speculate import COUNTS, LSTM_WINDOW_MAX_MACS, LstmWindow, StepThreads, Window, flat, step_macs, stepwise, window
 from .weights import stack_step, transposed
@@ -181,7 +181,7 @@ def _run_batch(
     when most rows are due at the earliest step, only those step (rows realign for windows).
     Until the first round across steps, outputs are written in time order into ``out``.
     """
-    in_c = native.batch_applies(module, cell)  # the rounds' steps in C, with torch's BLAS
+    in_c = native_batch.batch_applies(module, cell)  # the rounds' steps in C, with torch's BLAS
     if in_c and isinstance(inputs, Tensor):  # and the whole loop
         return _run_native(module, inputs, next_t, ends, cell, threshold, out)
     layers, dense = transposed(module), AtenStep(module, range(module.num_layers))
@@ -216,11 +216,11 @@ def _run_batch(
 
 
 def _run_native(module, x: Tensor, next_t: np.ndarray, ends: np.ndarray, cell: Tensor, threshold, out) -> UpdateLog:
-    """The rounds of :func:`_run_batch`, whole in C (``native.skip_rounds``): the same policy,
+    """The rounds of :func:`_run_batch`, whole in C (``native_batch.skip_rounds``): the same policy,
     outputs written in place with each update held until the next, the events logged."""
     COUNTS["native"] += 1
     cell = cell.contiguous()
-    steps, rows, deltas = native.skip_rounds(module, x, next_t, ends, threshold, cell, out)
+    steps, rows, deltas = native_batch.skip_rounds(module, x, next_t, ends, threshold, cell, out)
     log = UpdateLog(cell, out)
     log.filled = out.shape[0]
     log.steps, log.rows, log.deltas = [steps], [rows], [deltas]
@@ -230,7 +230,7 @@ def _run_native(module, x: Tensor, next_t: np.ndarray, ends: np.ndarray, cell: T
 def _round(module, kernels: tuple, inputs, log: UpdateLog, rows: np.ndarray, next_t, threshold: float, threads) -> None:
     """The next update of ``rows``, each at its own step (``next_t``), as one batched step: their
     new state, logged with its top-layer h, and their next update. ``kernels``: the transposed
-    weights, and whether the step runs in C (``native.batch_step``)."""
+    weights, and whether the step runs in C (``native_batch.batch_step``)."""
     layers, in_c = kernels
     device = log.cell.device
     steps = next_t[rows].astype(np.int64)
@@ -240,7 +240,7 @@ def _round(module, kernels: tuple, inputs, log: UpdateLog, rows: np.ndarray, nex
     if in_c:  # stepped in place in C: on a copy, the log keeps views
         new = log.cell.clone(memory_format=torch.contiguous_format) if every else log.cell.index_select(1, rows_t)
         with threads.wide():  # no per-step hand-offs from Python: the threads pay here
-            delta = native.batch_step(module, x, new)
+            delta = native_batch.batch_step(module, x, new)
     else:
         new = stack_step(module.cell, layers, x, log.cell if every else log.cell.index_select(1, rows_t))
         delta = module.update_increment(new)  # (n,) Δũ of eq. 4

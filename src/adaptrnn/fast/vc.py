@@ -10,7 +10,7 @@ speculative window of such steps in one call (``speculate``).
 
 At batch 1 (float32 or float64 on the CPU) the whole loop of a layer runs in C
 (``native.vc_layer``), computing the same blocks; at batch > 1 too where torch's BLAS is
-found (``native.vc_batch_layer``, the masked blocks below), the loop here being the fallback.
+found (``native_batch.vc_batch_layer``, the masked blocks below), the loop here being the fallback.
 
 A batch whose rows want different d_t is computed up to the largest d_t with each row's
 extra columns of h zeroed and its extra dimensions left unchanged — exactly the reference's
@@ -26,7 +26,7 @@ from torch import Tensor
 from ..cells import GATES
 from ..layer import RecurrentState, Stats, valid_float
 from ..methods.vc import active_dims
-from . import native
+from . import native, native_batch
 from .aten_step import AtenStep
 from .speculate import StepThreads, Window, step_macs, window
 from .weights import gate_major, neuron_major, project, stack_step, transposed
@@ -52,9 +52,9 @@ def vc_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             out, ms, ds = native.vc_layer(module, layer, layer_in[:, 0], steps, x_score[:, 0], s[0])
             out[steps:] = s[0, 0]  # padded steps keep the state
             out, ms, ds = out.unsqueeze(1), ms.unsqueeze(1), ds.to(x.dtype).unsqueeze(1)
-        elif native.batch_applies(module, s):  # a batch: the whole loop in C, products in torch's BLAS
+        elif native_batch.batch_applies(module, s):  # a batch: the whole loop in C, products in torch's BLAS
             s = s.contiguous()
-            out, ms, ds = native.vc_batch_layer(module, layer, layer_in, x_score, valid, s)
+            out, ms, ds = native_batch.vc_batch_layer(module, layer, layer_in, x_score, valid, s)
             ds = ds.to(x.dtype)
         else:
             out, ms, ds = _steps(module, layer, layer_in, x_score, SubMatrices(w, full, gates), s, valid)

@@ -1,0 +1,192 @@
+/* The batched loops that compute part of each step's neurons: VCRNN's leading d_t and SA-RNN's
+ * active ones, with the products in torch's BLAS (matmul in native_batch.h, included before
+ * this file by native.c, for REAL = float and double). */
+
+#define W(p, l) ((const REAL *)(p)[l])
+#define WB(p, l) ((p) ? (const REAL *)(p)[l] : NULL)
+
+/* VCRNN's hard-mode loop over one layer for a batch (fast/vc.py's _steps, the same steps): each
+ * step takes every row's m_t and d_t (as vc_run), then computes the upper-left blocks up to
+ * top = max_r d_r for every row, packed contiguous, in 2 products through BLAS (RNN and LSTM:
+ * summed into one pre-activation). A row with
+ * d_r < top reads h masked to its first d_r dimensions and keeps the dimensions past d_r.
+ *   x (T, B, C), x_score (T, B) contiguous; valid (T, B) or NULL (an invalid step: d = 0, the
+ *   state kept); u (D): the scheduler's weight on h; state (B, K, D) stepped in place;
+ *   out (T, B, D), ms (T, B), ds (T, B) written.
+ * Returns 0, or -1 if the work space could not be allocated. */
+int SUF(vc_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int64_t steps, int64_t batch,
+                      const REAL *x_score, const uint8_t *valid, const REAL *u, double bias, double scale, REAL *state,
+                      REAL *out, REAL *ms, int64_t *ds) {
+    const int D = net->hidden, g = gates(net->cell), k = parts(net->cell), in = layer == 0 ? net->input_size : D;
+    const int apart = net->cell == CELL_GRU, nb = (int)batch;
+    const REAL *w_ih = W(net->w_ih_t, layer), *w_hh = W(net->w_hh_t, layer);
+    const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
+    REAL *gx = malloc(sizeof(REAL) * 2 * (size_t)batch * g * D), *hm = malloc(sizeof(REAL) * (size_t)batch * D);
+    REAL *kept = malloc(sizeof(REAL) * 2 * (size_t)batch * D); /* a partial row's block, computed aside */
+    REAL *pack = malloc(sizeof(REAL) * (size_t)(in + D) * g * D); /* the blocks of W_ih^T, W_hh^T for top */
+    int64_t *dims = malloc(sizeof(int64_t) * batch);
+    int status = -1, packed = 0;
+    if (!gx || !hm || !kept || !pack || !dims) goto done;
+    REAL *gh = gx + (size_t)batch * g * D;
+    for (int64_t t = 0; t < steps; ++t) {
+        int64_t top = 0;
+        for (int64_t r = 0; r < batch; ++r) { /* the scheduler (eq. of vc_run) */
+            const REAL *h = state + (size_t)r * k * D;
+            REAL m = SUF(sigmoid)(SUF(dot)(h, u, D) + x_score[(size_t)t * batch + r] + (REAL)bias);
+            if (scale != 1.0) {
+                m = m * (REAL)scale;
+                m = m > 1 ? 1 : m;
+            }
+            int64_t d = (int64_t)ceil((double)(m * (REAL)D));
+            d = d < 1 ? 1 : d > D ? D : d;
+            if (valid && !valid[(size_t)t * batch + r]) d = 0;
+            dims[r] = d, ms[(size_t)t * batch + r] = m, ds[(size_t)t * batch + r] = d;
+            top = d > top ? d : top;
+        }
+        const int n = (int)top, width = g * n; /* gate q of the blocks at columns [q n, q n + n) */
+        if (n) {
+            for (int64_t r = 0; r < batch; ++r) { /* h masked to each row's d, the biases */
+                const REAL *h = state + (size_t)r * k * D;
+                for (int j = 0; j < n; ++j) hm[(size_t)r * n + j] = j < dims[r] ? h[j] : 0;
+                for (int q = 0; q < g; ++q)
+                    for (int j = 0; j < n; ++j) {
+                        const REAL bx = b_ih ? b_ih[q * D + j] : 0, bh = b_hh ? b_hh[q * D + j] : 0;
+                        gx[(size_t)r * width + q * n + j] = apart ? bx : bx + bh;
+                        if (apart) gh[(size_t)r * width + q * n + j] = bh;
+                    }
+            }
+            const REAL *xt = x + (size_t)t * batch * in, *pih = w_ih, *phh = w_hh;
+            if (n < D) { /* the blocks packed contiguous (again only when top changed): one product each */
+                if (n != packed)
+                    for (int j = 0; j < in + n; ++j) {
+                        const REAL *src = j < in ? w_ih + (size_t)j * g * D : w_hh + (size_t)(j - in) * g * D;
+                        REAL *dst = pack + (size_t)j * width;
+                        for (int q = 0; q < g; ++q) memcpy(dst + q * n, src + q * D, sizeof(REAL) * n);
+                    }
+                packed = n, pih = pack, phh = pack + (size_t)in * width;
+            }
+            const int ld = n < D ? width : g * D;
+            SUF(matmul)(gemm, nb, width, in, xt, in, pih, ld, 1, gx, width);
+            SUF(matmul)(gemm, nb, width, n, hm, n, phh, ld, 1, apart ? gh : gx, width);
+            const int use = net->threads > 1 && (long)batch * n >= PARALLEL_MIN / 8 ? net->threads : 1;
+            (void)use; /* unused in a build without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
+            for (int64_t r = 0; r < batch; ++r) {
+                REAL *h = state + (size_t)r * k * D, *c = h + D;
+                const REAL *rx = gx + (size_t)r * width, *rh = apart ? gh + (size_t)r * width : NULL;
+                if (dims[r] == n) {
+                    SUF(pointwise)(net->cell, rx, rh, n, h, c);
+                } else if (dims[r]) { /* its first d dimensions of the block */
+                    REAL *th = kept + (size_t)r * 2 * D, *tc = th + D;
+                    memcpy(th, h, sizeof(REAL) * n);
+                    if (k == 2) memcpy(tc, c, sizeof(REAL) * n);
+                    SUF(pointwise)(net->cell, rx, rh, n, th, tc);
+                    memcpy(h, th, sizeof(REAL) * dims[r]);
+                    if (k == 2) memcpy(c, tc, sizeof(REAL) * dims[r]);
+                }
+            }
+        }
+        for (int64_t r = 0; r < batch; ++r)
+            memcpy(out + ((size_t)t * batch + r) * D, state + (size_t)r * k * D, sizeof(REAL) * D);
+    }
+    status = 0;
+done:
+    free(gx), free(hm), free(kept), free(pack), free(dims);
+    return status;
+}
+
+/* SA-RNN's loop over one layer for a batch (fast/sa.py's _steps, the same steps): each step
+ * takes every row's ũ_t = clamp(c_t + a ⊙ h_{t-1}, 0, 1) and u = 1[ũ > threshold], gathers the
+ * G weight columns of the neurons active in some row (the union), computes their gates for
+ * every row in 2 products through BLAS (RNN and LSTM: summed), and writes the new state of a
+ * neuron only in the rows where it is active.
+ *   x (T, B, C); gate_c (T, B, D): c_t, the gate's input term with the hard sigmoid folded in;
+ *   gate_a (D): a; valid (T, B) or NULL (an invalid step: no neuron active); state (B, K, D)
+ *   stepped in place; out (T, B, D), masks (T, B, D) and likelihoods (T, B, Σ_i ũ) written.
+ * Returns 0, or -1 if the work space could not be allocated. */
+int SUF(sa_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int64_t steps, int64_t batch,
+                      const REAL *gate_c, const REAL *gate_a, const uint8_t *valid, double threshold, REAL *state,
+                      REAL *out, REAL *masks, REAL *likelihoods) {
+    const int D = net->hidden, g = gates(net->cell), k = parts(net->cell), in = layer == 0 ? net->input_size : D;
+    const int apart = net->cell == CELL_GRU, nb = (int)batch;
+    const REAL *w_ih = W(net->w_ih_t, layer), *w_hh = W(net->w_hh_t, layer);
+    const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
+    REAL *pw = malloc(sizeof(REAL) * (size_t)(in + D) * g * D); /* the active columns of W_ih^T, W_hh^T */
+    REAL *gx = malloc(sizeof(REAL) * 2 * (size_t)batch * g * D), *hc = malloc(sizeof(REAL) * 2 * (size_t)batch * D);
+    int *active = malloc(sizeof(int) * D);
+    REAL *any = malloc(sizeof(REAL) * D);
+    int status = -1;
+    if (!pw || !gx || !hc || !active || !any) goto done;
+    REAL *gh = gx + (size_t)batch * g * D;
+    for (int64_t t = 0; t < steps; ++t) {
+        REAL *mask = masks + (size_t)t * batch * D;
+        for (int64_t r = 0; r < batch; ++r) { /* ũ, u and Σ ũ per row */
+            const REAL *h = state + (size_t)r * k * D, *c = gate_c + ((size_t)t * batch + r) * D;
+            const int on = !valid || valid[(size_t)t * batch + r];
+            REAL sum = 0;
+            for (int j = 0; j < D; ++j) {
+                REAL p = c[j] + gate_a[j] * h[j];
+                p = p < 0 ? 0 : p > 1 ? 1 : p;
+                sum += p;
+                mask[(size_t)r * D + j] = on && (double)p > threshold;
+            }
+            likelihoods[(size_t)t * batch + r] = sum;
+        }
+        memset(any, 0, sizeof(REAL) * D); /* the union of the rows' active neurons */
+        for (int64_t r = 0; r < batch; ++r)
+            for (int j = 0; j < D; ++j) any[j] += mask[(size_t)r * D + j];
+        int n = 0;
+        for (int j = 0; j < D; ++j)
+            if (any[j] != 0) active[n++] = j;
+        if (n) {
+            const int width = g * n; /* gate q of active neuron i at column q n + i */
+            const REAL *pih = w_ih, *phh = w_hh; /* every neuron: the weights as they are */
+            if (n < D) { /* the active columns, gathered row by row */
+                REAL *cih = pw, *chh = pw + (size_t)in * width;
+                for (int j = 0; j < in + D; ++j) {
+                    const REAL *src = j < in ? w_ih + (size_t)j * g * D : w_hh + (size_t)(j - in) * g * D;
+                    REAL *dst = j < in ? cih + (size_t)j * width : chh + (size_t)(j - in) * width;
+                    for (int q = 0; q < g; ++q)
+                        for (int i = 0; i < n; ++i) dst[q * n + i] = src[q * D + active[i]];
+                }
+                pih = cih, phh = chh;
+            }
+            for (int q = 0; q < g; ++q)
+                for (int i = 0; i < n; ++i) {
+                    const int col = q * D + active[i];
+                    const REAL bx = b_ih ? b_ih[col] : 0, bh = b_hh ? b_hh[col] : 0;
+                    gx[q * n + i] = apart ? bx : bx + bh; /* row 0: the biases, copied below */
+                    if (apart) gh[q * n + i] = bh;
+                }
+            for (int64_t r = 1; r < batch; ++r) {
+                memcpy(gx + (size_t)r * width, gx, sizeof(REAL) * width);
+                if (apart) memcpy(gh + (size_t)r * width, gh, sizeof(REAL) * width);
+            }
+            SUF(matmul)(gemm, nb, width, in, x + (size_t)t * batch * in, in, pih, n < D ? width : g * D, 1, gx, width);
+            SUF(matmul)(gemm, nb, width, D, state, k * D, phh, n < D ? width : g * D, 1, apart ? gh : gx, width);
+            const int use = net->threads > 1 && (long)batch * n >= PARALLEL_MIN / 8 ? net->threads : 1;
+            (void)use; /* unused in a build without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
+            for (int64_t r = 0; r < batch; ++r) {
+                REAL *h = state + (size_t)r * k * D, *c = h + D, *th = hc + (size_t)r * 2 * D, *tc = th + D;
+                for (int i = 0; i < n; ++i) th[i] = h[active[i]], tc[i] = k == 2 ? c[active[i]] : 0;
+                SUF(pointwise)(net->cell, gx + (size_t)r * width, apart ? gh + (size_t)r * width : NULL, n, th, tc);
+                const REAL *u = mask + (size_t)r * D;
+                for (int i = 0; i < n; ++i)
+                    if (u[active[i]] != 0) {
+                        h[active[i]] = th[i];
+                        if (k == 2) c[active[i]] = tc[i];
+                    }
+            }
+        }
+        for (int64_t r = 0; r < batch; ++r)
+            memcpy(out + ((size_t)t * batch + r) * D, state + (size_t)r * k * D, sizeof(REAL) * D);
+    }
+    status = 0;
+done:
+    free(pw), free(gx), free(hc), free(active), free(any);
+    return status;
+}
+
+#undef W
+#undef WB
