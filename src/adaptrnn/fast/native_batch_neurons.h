@@ -5,6 +5,11 @@
 #define W(p, l) ((const REAL *)(p)[l])
 #define WB(p, l) ((p) ? (const REAL *)(p)[l] : NULL)
 
+/* Each row's h from a state (B, K, D) into out (B, D): a step's output. */
+static void SUF(rows_h)(const REAL *state, int64_t batch, int k, int d, REAL *out) {
+    for (int64_t r = 0; r < batch; ++r) memcpy(out + (size_t)r * d, state + (size_t)r * k * d, sizeof(REAL) * d);
+}
+
 /* VCRNN's hard-mode loop over one layer for a batch (fast/vc.py's _steps, the same steps): each
  * step takes every row's m_t and d_t (as vc_run), then computes the upper-left blocks up to
  * top = max_r d_r for every row, packed contiguous, in 2 products through BLAS (RNN and LSTM:
@@ -86,8 +91,7 @@ int SUF(vc_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
                 }
             }
         }
-        for (int64_t r = 0; r < batch; ++r)
-            memcpy(out + ((size_t)t * batch + r) * D, state + (size_t)r * k * D, sizeof(REAL) * D);
+        SUF(rows_h)(state, batch, k, D, out + (size_t)t * batch * D);
     }
     status = 0;
 done:
@@ -179,8 +183,7 @@ int SUF(sa_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
                     }
             }
         }
-        for (int64_t r = 0; r < batch; ++r)
-            memcpy(out + ((size_t)t * batch + r) * D, state + (size_t)r * k * D, sizeof(REAL) * D);
+        SUF(rows_h)(state, batch, k, D, out + (size_t)t * batch * D);
     }
     status = 0;
 done:
