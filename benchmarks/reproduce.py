@@ -272,10 +272,11 @@ def config_path(row: Row) -> Path:
 
 
 def train_command(row: Row, seed: int, out: Path, state: str) -> list[str]:
-    """The ``adaptrnn train`` command for a run; a resumed run uses its own config.yaml."""
+    """The ``adaptrnn train`` command for a run; a resumed run uses its own config.yaml, but the
+    row's steps (a continued run's are more than its source's)."""
     cmd = [sys.executable, "-m", "adaptrnn.cli", "train", "--out", str(out), "--no-progress"]
     if state == "resume":
-        return [*cmd, "--resume"]
+        return [*cmd, "--resume", *(["--steps", str(row.steps)] if row.steps is not None else [])]
     cmd += ["--config", str(config_path(row)), "--seed", str(seed)]
     if row.steps is not None:
         cmd += ["--steps", str(row.steps)]
@@ -291,6 +292,11 @@ def run_row(
     checkpoint too; copy its light files. ``collect``: train nothing, only finish done runs."""
     out = runs_dir / folder / row.folder / f"s{seed}"
     dest = results / "runs" / folder / row.folder / f"s{seed}"
+    source = runs_dir / folder / row.start_from / f"s{seed}" if row.start_from else None
+    if not dry and not collect and run_state(out) == "fresh" and source and run_state(source) != "fresh":
+        # continue the source run: its folder without its results (they stay the shorter run's)
+        skip = shutil.ignore_patterns("result*.json", "samples.npz", "*.png", "tb")
+        shutil.copytree(source, out, ignore=skip, dirs_exist_ok=True)
     state = run_state(out)
     if not out.exists() and (dest / "result.json").is_file():
         # finished elsewhere (its checkpoints are not committed): the committed result stands

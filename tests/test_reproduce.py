@@ -132,3 +132,23 @@ def test_tables_gain_penalty_lr_checkpoint_and_collapse_columns(tmp_path):
     assert 0 <= float(row["last_updates_fraction"]) <= 1 and float(row["last_value"]) >= 0
     assert row["lr"] == "0.01" and row["penalty"] == "0.0" and row["graph"] == "official"
     assert row["checkpoint"].startswith("best@") and row["collapsed"] in ("True", "False")
+
+
+def test_a_row_continues_another_rows_runs_to_more_steps(tmp_path, monkeypatch):
+    """``start_from``: the longer row copies the shorter row's run (not its results) and resumes it
+    with its own steps; the shorter row's results stay as they were."""
+    short = tiny_plan(tmp_path)[0]
+    longer = reproduce.Row(short.config, seeds=(0,), steps=8, overrides=short.overrides, name="tiny_long")
+    longer.start_from = "tiny_a"
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    calls = []
+    real_run = subprocess.run
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(cmd, **kw))
+    reproduce.run_plan([short, longer], runs, "p/", results=results)
+    a, long_run = runs / "p" / "tiny_a" / "s0", runs / "p" / "tiny_long" / "s0"
+    assert json.loads((a / "result.json").read_text())["train_steps"] == 4
+    assert json.loads((long_run / "result.json").read_text())["train_steps"] == 8
+    assert "--resume" in calls[1] and calls[1][calls[1].index("--steps") + 1] == "8"
+    steps = [json.loads(line)["step"] for line in (long_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == 2 and steps[-1] == 8 and steps == sorted(steps)  # the source's steps, then its own
+    assert json.loads((results / "runs/p/tiny_a/s0/result.json").read_text())["train_steps"] == 4
