@@ -293,11 +293,12 @@ def run_row(
     out = runs_dir / folder / row.folder / f"s{seed}"
     dest = results / "runs" / folder / row.folder / f"s{seed}"
     source = runs_dir / folder / row.start_from / f"s{seed}" if row.start_from else None
-    if not dry and not collect and run_state(out) == "fresh" and source and run_state(source) != "fresh":
+    continues = run_state(out) == "fresh" and source is not None and run_state(source) != "fresh"
+    if continues and not dry and not collect:
         # continue the source run: its folder without its results (they stay the shorter run's)
         skip = shutil.ignore_patterns("result*.json", "samples.npz", "*.png", "tb")
         shutil.copytree(source, out, ignore=skip, dirs_exist_ok=True)
-    state = run_state(out)
+    state = "resume" if continues else run_state(out)
     if not out.exists() and (dest / "result.json").is_file():
         # finished elsewhere (its checkpoints are not committed): the committed result stands
         print(f"[committed] {dest}", flush=True)
