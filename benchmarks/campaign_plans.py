@@ -82,6 +82,11 @@ SKIP_ADDING = {
 PARITY_PAPER = {**ONE_THREAD, "lr": "1e-4", "eval_every": "10000", "log_every": "1000"}
 PARITY_SIZES = {**ONE_THREAD, "lr": "1e-3", "eval_every": "2000", "log_every": "500"}
 PARITY_FOJO = {**ONE_THREAD, "lr": "1e-3", "layout": "prefix", "eval_every": "2000", "log_every": "500"}
+PARITY64_FOJO_LR = {  # the random layout at Fojo et al.'s lr (the rows below)
+    "config": "act/parity_act_rnn_t1e-3",
+    "seeds": (0, 1),
+    "overrides": {**PARITY_SIZES, "eval_every": "10000", "log_every": "1000"},
+}
 # The long-sequence rows take the settings of the stability plan (docs/stability.md): SA-RNN with the
 # gate's h_{t-1} detached (without it the gate's gradient exploded at lr 1e-4 and 1e-3 alike), at
 # the paper's lr 1e-4; frequency at the paper's lr 1e-4 (at 1e-3 even the dense LSTM fell to chance).
@@ -122,22 +127,14 @@ PAPER_CPU: list[Row] = [
     # the 64-bit run stayed at chance for 1M steps, and the plateau grew with the size at lr 1e-3
     # (16 bits left it by step ~24,000, 32 bits not within 50,000); this row measures whether 1M
     # steps at lr 1e-3 reach the end of the 64-bit plateau (~1-1.5 h per run on one thread).
-    Row(
-        "act/parity_act_rnn_t1e-3",
-        seeds=(0, 1),
-        steps=1_000_000,
-        overrides={**PARITY_SIZES, "eval_every": "10000", "log_every": "1000"},
-        name="act/parity64_lr1e-3_act_rnn_t1e-3",
-    ),
     # Those runs were still learning at 1M steps (20.7% and 25.3% error, falling 2.5-3.2 points per
-    # 100,000 steps: docs/results.md); continued to 2M steps from their last checkpoints.
+    # 100,000 steps: docs/results.md); the 2M row continues them from their last checkpoints.
+    Row(name="act/parity64_lr1e-3_act_rnn_t1e-3", steps=1_000_000, **PARITY64_FOJO_LR),
     Row(
-        "act/parity_act_rnn_t1e-3",
-        seeds=(0, 1),
-        steps=2_000_000,
-        overrides={**PARITY_SIZES, "eval_every": "10000", "log_every": "1000"},
         name="act/parity64_lr1e-3_2M_act_rnn_t1e-3",
+        steps=2_000_000,
         start_from="act/parity64_lr1e-3_act_rnn_t1e-3",
+        **PARITY64_FOJO_LR,
     ),
     *(
         Row(f"act/{name}", seeds=(0, 1), steps=100_000, overrides=PARITY_FOJO, name=f"act/prefix_{name}")
