@@ -39,6 +39,26 @@ int SUF(gemm_probe)(void *gemm) {
     return 1;
 }
 
+/* The products' starting values, the biases of the columns taken, in every row: gate q of
+ * neuron i (column q n + i of the g n) is the weights' column q D + idx[i] (idx NULL: i).
+ * gx gets b_ih + extra (+ b_hh unless `apart`, the GRU, where gh gets b_hh); biases and extra
+ * may be NULL. Row 0 is filled, then copied. */
+static void SUF(bias_rows)(const REAL *b_ih, const REAL *b_hh, const REAL *extra, int D, int g, const int *idx,
+                           int n, int64_t batch, int apart, REAL *gx, REAL *gh) {
+    const int width = g * n;
+    for (int q = 0; q < g; ++q)
+        for (int i = 0; i < n; ++i) {
+            const int col = q * D + (idx ? idx[i] : i);
+            const REAL bx = (b_ih ? b_ih[col] : 0) + (extra ? extra[col] : 0), bh = b_hh ? b_hh[col] : 0;
+            gx[q * n + i] = apart ? bx : bx + bh;
+            if (apart) gh[q * n + i] = bh;
+        }
+    for (int64_t r = 1; r < batch; ++r) {
+        memcpy(gx + (size_t)r * width, gx, sizeof(REAL) * width);
+        if (apart) memcpy(gh + (size_t)r * width, gh, sizeof(REAL) * width);
+    }
+}
+
 /* One step of the stack for `batch` rows, in place. x: (batch, I) row stride x_ld; state
  * (L, batch, K, D) contiguous; scratch: 2 * batch * G * D; extra: (G * D) added to layer 0's
  * input bias (ACT's first-step flag) or NULL. RNN and LSTM sum both products into one
@@ -52,15 +72,7 @@ static void SUF(batch_stack_step)(const Net *net, void *gemm, const REAL *x, int
         const REAL *in = layer == 0 ? x : s - (size_t)batch * k * d; /* the layer below, already stepped */
         const int in_size = layer == 0 ? net->input_size : d, in_ld = layer == 0 ? x_ld : k * d;
         const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
-        for (int j = 0; j < n; ++j) { /* row 0 holds the biases, copied to the others */
-            const REAL bx = (b_ih ? b_ih[j] : 0) + (layer == 0 && extra ? extra[j] : 0), bh = b_hh ? b_hh[j] : 0;
-            gx[j] = apart ? bx : bx + bh;
-            if (apart) gh[j] = bh;
-        }
-        for (int r = 1; r < batch; ++r) {
-            memcpy(gx + (size_t)r * n, gx, sizeof(REAL) * n);
-            if (apart) memcpy(gh + (size_t)r * n, gh, sizeof(REAL) * n);
-        }
+        SUF(bias_rows)(b_ih, b_hh, layer == 0 ? extra : NULL, d, gates(net->cell), NULL, d, batch, apart, gx, gh);
         SUF(matmul)(gemm, batch, n, in_size, in, in_ld, W(net->w_ih_t, layer), n, 1, gx, n);
         SUF(matmul)(gemm, batch, n, d, s, k * d, W(net->w_hh_t, layer), n, 1, apart ? gh : gx, n);
         const int use = net->threads > 1 && (long)batch * d >= PARALLEL_MIN / 8 ? net->threads : 1;

@@ -50,16 +50,11 @@ int SUF(vc_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
         }
         const int n = (int)top, width = g * n; /* gate q of the blocks at columns [q n, q n + n) */
         if (n) {
-            for (int64_t r = 0; r < batch; ++r) { /* h masked to each row's d, the biases */
+            for (int64_t r = 0; r < batch; ++r) { /* h masked to each row's d */
                 const REAL *h = state + (size_t)r * k * D;
                 for (int j = 0; j < n; ++j) hm[(size_t)r * n + j] = j < dims[r] ? h[j] : 0;
-                for (int q = 0; q < g; ++q)
-                    for (int j = 0; j < n; ++j) {
-                        const REAL bx = b_ih ? b_ih[q * D + j] : 0, bh = b_hh ? b_hh[q * D + j] : 0;
-                        gx[(size_t)r * width + q * n + j] = apart ? bx : bx + bh;
-                        if (apart) gh[(size_t)r * width + q * n + j] = bh;
-                    }
             }
+            SUF(bias_rows)(b_ih, b_hh, NULL, D, g, NULL, n, batch, apart, gx, gh);
             const REAL *xt = x + (size_t)t * batch * in, *pih = w_ih, *phh = w_hh;
             if (n < D) { /* the blocks packed contiguous (again only when top changed): one product each */
                 if (n != packed)
@@ -155,17 +150,7 @@ int SUF(sa_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
                 }
                 pih = cih, phh = chh;
             }
-            for (int q = 0; q < g; ++q)
-                for (int i = 0; i < n; ++i) {
-                    const int col = q * D + active[i];
-                    const REAL bx = b_ih ? b_ih[col] : 0, bh = b_hh ? b_hh[col] : 0;
-                    gx[q * n + i] = apart ? bx : bx + bh; /* row 0: the biases, copied below */
-                    if (apart) gh[q * n + i] = bh;
-                }
-            for (int64_t r = 1; r < batch; ++r) {
-                memcpy(gx + (size_t)r * width, gx, sizeof(REAL) * width);
-                if (apart) memcpy(gh + (size_t)r * width, gh, sizeof(REAL) * width);
-            }
+            SUF(bias_rows)(b_ih, b_hh, NULL, D, g, active, n, batch, apart, gx, gh);
             SUF(matmul)(gemm, nb, width, in, x + (size_t)t * batch * in, in, pih, n < D ? width : g * D, 1, gx, width);
             SUF(matmul)(gemm, nb, width, D, state, k * D, phh, n < D ? width : g * D, 1, apart ? gh : gx, width);
             const int use = net->threads > 1 && (long)batch * n >= PARALLEL_MIN / 8 ? net->threads : 1;

@@ -60,8 +60,7 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             out = out.unsqueeze(1)
         else:
             if native_batch.batch_applies(module, s):  # a batch: the whole loop in C, products in torch's BLAS
-                half_slope = float(module.slope) / 2  # the hard sigmoid folded in, as in _steps
-                gate_a, gate_c = module.gate_weights(layer)[0] * half_slope, _gate_input(module, layer, layer_in)
+                gate_a, gate_c = _gate_terms(module, layer, layer_in)
                 s = s.contiguous()
                 out, masks, likelihoods = native_batch.sa_batch_layer(module, layer, layer_in, gate_a, gate_c, valid, s)
             else:
@@ -92,9 +91,7 @@ def _steps(module, layer: int, layer_in: Tensor, rows, full, s: Tensor, valid) -
     threshold = float(module.options["threshold"])
     # ũ_t = clamp(a ⊙ h_{t-1} + c_t, 0, 1), the hard sigmoid folded into the gate's weights
     # exactly as the reference does (METHODS.md §4), c_t for every step at once.
-    diag, _, _ = module.gate_weights(layer)
-    gate_a = diag * (float(module.slope) / 2)  # (D,)
-    gate_c = _gate_input(module, layer, layer_in)  # (T, B, D)
+    gate_a, gate_c = _gate_terms(module, layer, layer_in)  # (D,), (T, B, D)
     dense = AtenStep(module, range(layer, layer + 1))
     out = layer_in.new_empty(seq_len, batch, size)
     masks = layer_in.new_empty(seq_len, batch, size)
@@ -136,12 +133,12 @@ def _steps(module, layer: int, layer_in: Tensor, rows, full, s: Tensor, valid) -
     return s, out, masks, likelihoods
 
 
-def _gate_input(module, layer: int, layer_in: Tensor) -> Tensor:
-    """c_t of ũ_t = clamp(a ⊙ h_{t-1} + c_t, 0, 1) for every step at once (T, B, D): the gate's
-    input term with the hard sigmoid folded into the weights, exactly as the reference does."""
-    _, w_i, b_u = module.gate_weights(layer)
+def _gate_terms(module, layer: int, layer_in: Tensor) -> tuple[Tensor, Tensor]:
+    """a (D,) and c_t for every step at once (T, B, D) of ũ_t = clamp(a ⊙ h_{t-1} + c_t, 0, 1):
+    the gate's terms with the hard sigmoid folded into the weights, exactly as the reference does."""
+    diag, w_i, b_u = module.gate_weights(layer)
     half_slope = float(module.slope) / 2
-    return torch.nn.functional.linear(layer_in, w_i * half_slope, b_u * half_slope + 0.5)
+    return diag * half_slope, torch.nn.functional.linear(layer_in, w_i * half_slope, b_u * half_slope + 0.5)
 
 
 def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: int, s: Tensor, first) -> tuple:

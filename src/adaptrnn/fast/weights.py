@@ -44,12 +44,17 @@ def cached(module: nn.Module, key: str, build: Callable[[], T]) -> T:
 
 @dataclass
 class LayerWeights:
-    """One layer's input and recurrent weights and biases (G*D,) or None, in a builder's layout."""
+    """One layer's input and recurrent weights and biases (G*D,) or None, in a builder's layout;
+    ``b_sum``: b_ih + b_hh (either alone where the other is None), the one bias of a summed step."""
 
     ih: Tensor
     hh: Tensor
     b_ih: Tensor | None
     b_hh: Tensor | None
+
+    def __post_init__(self) -> None:
+        both = self.b_ih is not None and self.b_hh is not None
+        self.b_sum = self.b_ih + self.b_hh if both else (self.b_hh if self.b_ih is None else self.b_ih)
 
 
 def transposed(module) -> list[LayerWeights]:
@@ -125,14 +130,8 @@ def _stack(cell: str, layers: list[LayerWeights], x: Tensor | None, gx0: Tensor 
         # RNN, LSTM: one pre-activation, the recurrent product accumulated onto the input's
         # (addmm's beta = 1), so no (n, G*D) sum is formed apart
         if given is None:
-            pre = project(z, w.ih, _bias_sum(w.b_ih, w.b_hh)).addmm_(h, w.hh)
+            pre = project(z, w.ih, w.b_sum).addmm_(h, w.hh)
         else:
             pre = torch.addmm(given, h, w.hh) if w.b_hh is None else torch.addmm(given + w.b_hh, h, w.hh)
         new.append(native.pointwise(cell, pre, None, s[layer]))  # one call where the extension is built
     return new[0].unsqueeze(0) if len(new) == 1 else torch.stack(new)  # one layer: a view, no copy
-
-
-def _bias_sum(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
-    if b_ih is None or b_hh is None:
-        return b_hh if b_ih is None else b_ih
-    return b_ih + b_hh
