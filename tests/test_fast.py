@@ -192,6 +192,26 @@ def test_sa_extremes_no_neuron_and_every_neuron(gather_min_macs, monkeypatch):
             assert_same(m(x), reference_twin(m)(x))
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_sa_union_changes_between_sets_of_one_size(cell):
+    """The batched loop keeps the gathered weight columns while the union stays the same: here
+    the union is set A, A again, then B (as many neurons, others), none, A, B, B: each step must
+    use its own union's columns, as the reference does."""
+    m = ar.METHODS["sa"](cell, 1, D).to(DTYPE).eval()
+    half = torch.arange(D) < D // 2
+    with torch.no_grad():  # ũ = clamp(0.5 + x w / 2, 0, 1): x = 1 opens A, -1 opens B, 0 none (ũ = 0.5)
+        m.update_weight_hh_l0.zero_()
+        m.update_weight_ih_l0.copy_(torch.where(half, 2.0, -2.0).unsqueeze(1).to(DTYPE))
+        m.update_bias_l0.fill_(0.0)
+        steps = torch.tensor([1.0, 1.0, -1.0, 0.0, 1.0, -1.0, -1.0], dtype=DTYPE)
+        x = steps.view(-1, 1, 1).expand(-1, B, 1).contiguous()  # (T, B, 1)
+        got, want = m(x), reference_twin(m)(x)
+    assert_same(got, want)
+    neurons = want[2].extras["neuron_updates"][0]  # (T, D)
+    assert torch.equal(neurons[0].bool(), half) and torch.equal(neurons[2].bool(), ~half)
+    assert neurons[3].sum() == 0
+
+
 def test_act_rows_halt_at_different_steps_and_at_the_cap():
     torch.manual_seed(7)
     apart, capped = [], []

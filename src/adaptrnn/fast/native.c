@@ -109,6 +109,11 @@ int native_openmp(void) {
 
 static inline int gates(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1; }
 static inline int parts(int cell) { return cell == CELL_LSTM ? 2 : 1; }
+/* The threads for an OpenMP pass over `rows` rows of `width` elements: the caller's count, or 1
+ * where the pass is too small to pay for waking a second thread. */
+static inline int pass_threads(const Net *net, int64_t rows, int width) {
+    return net->threads > 1 && rows * width >= PARALLEL_MIN / 8 ? net->threads : 1;
+}
 
 /* Neurons per block of the element-wise cell: one 64-byte vector of floats, two of doubles. */
 enum { PW = 16 };

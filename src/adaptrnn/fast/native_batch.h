@@ -42,9 +42,9 @@ int SUF(gemm_probe)(void *gemm) {
 /* The products' starting values, the biases of the columns taken, in every row: gate q of
  * neuron i (column q n + i of the g n) is the weights' column q D + idx[i] (idx NULL: i).
  * gx gets b_ih + extra (+ b_hh unless `apart`, the GRU, where gh gets b_hh); biases and extra
- * may be NULL. Row 0 is filled, then copied. */
+ * may be NULL. Row 0 is filled, then copied (on `threads` threads). */
 static void SUF(bias_rows)(const REAL *b_ih, const REAL *b_hh, const REAL *extra, int D, int g, const int *idx,
-                           int n, int64_t batch, int apart, REAL *gx, REAL *gh) {
+                           int n, int64_t batch, int apart, int threads, REAL *gx, REAL *gh) {
     const int width = g * n;
     for (int q = 0; q < g; ++q)
         for (int i = 0; i < n; ++i) {
@@ -53,6 +53,8 @@ static void SUF(bias_rows)(const REAL *b_ih, const REAL *b_hh, const REAL *extra
             gx[q * n + i] = apart ? bx : bx + bh;
             if (apart) gh[q * n + i] = bh;
         }
+    (void)threads; /* unused in a build without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t r = 1; r < batch; ++r) {
         memcpy(gx + (size_t)r * width, gx, sizeof(REAL) * width);
         if (apart) memcpy(gh + (size_t)r * width, gh, sizeof(REAL) * width);
@@ -72,11 +74,10 @@ static void SUF(batch_stack_step)(const Net *net, void *gemm, const REAL *x, int
         const REAL *in = layer == 0 ? x : s - (size_t)batch * k * d; /* the layer below, already stepped */
         const int in_size = layer == 0 ? net->input_size : d, in_ld = layer == 0 ? x_ld : k * d;
         const REAL *b_ih = WB(net->b_ih, layer), *b_hh = WB(net->b_hh, layer);
-        SUF(bias_rows)(b_ih, b_hh, layer == 0 ? extra : NULL, d, gates(net->cell), NULL, d, batch, apart, gx, gh);
+        const int use = pass_threads(net, batch, d);
+        SUF(bias_rows)(b_ih, b_hh, layer == 0 ? extra : NULL, d, gates(net->cell), NULL, d, batch, apart, use, gx, gh);
         SUF(matmul)(gemm, batch, n, in_size, in, in_ld, W(net->w_ih_t, layer), n, 1, gx, n);
         SUF(matmul)(gemm, batch, n, d, s, k * d, W(net->w_hh_t, layer), n, 1, apart ? gh : gx, n);
-        const int use = net->threads > 1 && (long)batch * d >= PARALLEL_MIN / 8 ? net->threads : 1;
-        (void)use; /* unused in a build without OpenMP */
 #pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
         for (int r = 0; r < batch; ++r) {
             REAL *h = s + (size_t)r * k * d;

@@ -104,21 +104,21 @@ def vc_batch_layer(module, layer: int, x: Tensor, x_score: Tensor, valid: Tensor
     return out, ms, ds
 
 
-def sa_batch_layer(module, layer: int, x: Tensor, gate_a: Tensor, gate_c: Tensor, valid: Tensor | None, s: Tensor):
-    """SA-RNN's loop over one layer for a batch (``sa_batch_run`` in native_batch.h).
+def sa_batch_layer(module, layer: int, x: Tensor, gate: tuple[Tensor, Tensor, Tensor], valid: Tensor | None, s: Tensor):
+    """SA-RNN's loop over one layer for a batch (``sa_batch_run`` in native_batch_neurons.h).
 
-    x: (T, B, C); gate_a (D,), gate_c (T, B, D): ũ_t = clamp(gate_c[t] + gate_a ⊙ h, 0, 1);
-    valid: (T, B) bool or None; s: (B, K, D) contiguous, updated in place. Returns out (T, B, D),
-    the masks u (T, B, D) and Σ_i ũ (T, B). Needs :func:`batch_applies`.
+    x: (T, B, C); gate: a (D,), W_c (D, C) and b_c (D,) of ũ_t = clamp(x_t W_cᵀ + b_c + a ⊙ h, 0, 1)
+    (``fast.sa.gate_terms``); valid: (T, B) bool or None; s: (B, K, D) contiguous, updated in place.
+    Returns out (T, B, D), the masks u (T, B, D) and Σ_i ũ (T, B). Needs :func:`batch_applies`.
     """
     net = native_net(module)
     seq_len, batch = x.shape[:2]
     out, masks = x.new_empty(seq_len, batch, module.hidden_size), x.new_empty(seq_len, batch, module.hidden_size)
     likelihoods = x.new_empty(seq_len, batch)
     mask = None if valid is None else valid.to(torch.uint8).contiguous()
-    gemm, x, gate_c, gate_a = blas_gemm(net.dtype), x.contiguous(), gate_c.contiguous(), gate_a.contiguous()
-    threshold = float(module.options["threshold"])
-    args = (gemm, layer, x, seq_len, batch, gate_c, gate_a, None if mask is None else mask.data_ptr(), threshold)
+    gate_a, gate_w, gate_b = gate[0].contiguous(), gate[1].t().contiguous(), gate[2].contiguous()
+    settings = (None if mask is None else mask.data_ptr(), float(module.options["threshold"]))
+    args = (blas_gemm(net.dtype), layer, x.contiguous(), seq_len, batch, gate_w, gate_b, gate_a, *settings)
     check(net.call("sa_batch_run", *args, s, out, masks, likelihoods))
     return out, masks, likelihoods
 

@@ -60,9 +60,9 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
             out = out.unsqueeze(1)
         else:
             if native_batch.batch_applies(module, s):  # a batch: the whole loop in C, products in torch's BLAS
-                gate_a, gate_c = _gate_terms(module, layer, layer_in)
                 s = s.contiguous()
-                out, masks, likelihoods = native_batch.sa_batch_layer(module, layer, layer_in, gate_a, gate_c, valid, s)
+                gate = gate_terms(module, layer)
+                out, masks, likelihoods = native_batch.sa_batch_layer(module, layer, layer_in, gate, valid, s)
             else:
                 s, out, masks, likelihoods = _steps(module, layer, layer_in, rows, full, s, valid)
             mask = masks if valid is None else masks * weight.unsqueeze(-1)  # (T, B, D)
@@ -91,7 +91,8 @@ def _steps(module, layer: int, layer_in: Tensor, rows, full, s: Tensor, valid) -
     threshold = float(module.options["threshold"])
     # ũ_t = clamp(a ⊙ h_{t-1} + c_t, 0, 1), the hard sigmoid folded into the gate's weights
     # exactly as the reference does (METHODS.md §4), c_t for every step at once.
-    gate_a, gate_c = _gate_terms(module, layer, layer_in)  # (D,), (T, B, D)
+    gate_a, w_c, b_c = gate_terms(module, layer)
+    gate_c = torch.nn.functional.linear(layer_in, w_c, b_c)  # (T, B, D)
     dense = AtenStep(module, range(layer, layer + 1))
     out = layer_in.new_empty(seq_len, batch, size)
     masks = layer_in.new_empty(seq_len, batch, size)
@@ -133,12 +134,12 @@ def _steps(module, layer: int, layer_in: Tensor, rows, full, s: Tensor, valid) -
     return s, out, masks, likelihoods
 
 
-def _gate_terms(module, layer: int, layer_in: Tensor) -> tuple[Tensor, Tensor]:
-    """a (D,) and c_t for every step at once (T, B, D) of ũ_t = clamp(a ⊙ h_{t-1} + c_t, 0, 1):
-    the gate's terms with the hard sigmoid folded into the weights, exactly as the reference does."""
+def gate_terms(module, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+    """a (D,), W_c (D, C) and b_c (D,) of ũ_t = clamp(a ⊙ h_{t-1} + x_t W_cᵀ + b_c, 0, 1): the gate's
+    weights with the hard sigmoid folded in, exactly as the reference does."""
     diag, w_i, b_u = module.gate_weights(layer)
     half_slope = float(module.slope) / 2
-    return diag * half_slope, torch.nn.functional.linear(layer_in, w_i * half_slope, b_u * half_slope + 0.5)
+    return diag * half_slope, w_i * half_slope, b_u * half_slope + 0.5
 
 
 def _window(dense, spans: Window, inputs: tuple, results: tuple, t: int, steps: int, s: Tensor, first) -> tuple:
