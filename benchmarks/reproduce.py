@@ -273,10 +273,14 @@ def config_path(row: Row) -> Path:
 
 def train_command(row: Row, seed: int, out: Path, state: str) -> list[str]:
     """The ``adaptrnn train`` command for a run; a resumed run uses its own config.yaml, but the
-    row's steps (a continued run's are more than its source's)."""
+    row's steps (a continued run's are more than its source's) and, for a continued run, the
+    row's overrides (its config.yaml is the source's)."""
     cmd = [sys.executable, "-m", "adaptrnn.cli", "train", "--out", str(out), "--no-progress"]
     if state == "resume":
-        return [*cmd, "--resume", *(["--steps", str(row.steps)] if row.steps is not None else [])]
+        cmd += ["--resume", *(["--steps", str(row.steps)] if row.steps is not None else [])]
+        if row.start_from:  # a continuation takes its own settings where they differ (e.g. an lr schedule)
+            cmd += ["--allow-changed-settings", *(a for k, v in row.overrides.items() for a in ("--set", f"{k}={v}"))]
+        return cmd
     cmd += ["--config", str(config_path(row)), "--seed", str(seed)]
     if row.steps is not None:
         cmd += ["--steps", str(row.steps)]

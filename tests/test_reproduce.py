@@ -152,3 +152,22 @@ def test_a_row_continues_another_rows_runs_to_more_steps(tmp_path, monkeypatch):
     steps = [json.loads(line)["step"] for line in (long_run / "metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 2 and steps[-1] == 8 and steps == sorted(steps)  # the source's steps, then its own
     assert json.loads((results / "runs/p/tiny_a/s0/result.json").read_text())["train_steps"] == 4
+
+
+def test_a_continuation_takes_its_own_lr_schedule(tmp_path):
+    """A continued row's overrides that differ from its source's (here an lr anneal from the
+    source's last step) apply on resume; the source's steps keep the source's constant lr."""
+    short = tiny_plan(tmp_path)[0]
+    anneal = {**short.overrides, "lr_final": "1e-5", "lr_decay_start": "4"}
+    longer = reproduce.Row(short.config, seeds=(0,), steps=8, overrides=anneal, name="tiny_anneal")
+    longer.start_from = "tiny_a"
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    reproduce.run_plan([short, longer], runs, "p/", results=results)
+    run = runs / "p" / "tiny_anneal" / "s0"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert float(config["lr_final"]) == 1e-5 and int(config["lr_decay_start"]) == 4
+    lr = {d["step"]: d["lr"] for d in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    base = float(short.overrides["lr"])
+    assert lr[4] == pytest.approx(base) and 1e-5 <= lr[8] < lr[6] < base  # annealed after step 4
+    source = yaml.safe_load((runs / "p" / "tiny_a" / "s0" / "config.yaml").read_text())
+    assert source.get("lr_final") is None
