@@ -128,7 +128,7 @@ PAPER_CPU: list[Row] = [
     # (16 bits left it by step ~24,000, 32 bits not within 50,000); this row measures whether 1M
     # steps at lr 1e-3 reach the end of the 64-bit plateau (~1-1.5 h per run on one thread).
     # Those runs were still learning at 1M steps (20.7% and 25.3% error). Continued at the same lr,
-    # they stayed on a plateau (validation 19.5-21.1% and 24.2-27.7% between steps 1.0M and 1.15M:
+    # they stayed on a plateau (validation 19.2-21.5% and 23.9-27.7% from step 1.0M to 1.17M / 1.15M:
     # benchmarks/results/parity64_constant_lr_1M-1.18M.csv, a continuation to 2M stopped there), so
     # this one anneals the lr instead: a half cosine from 1e-3 at step 1M to 1e-5 at 1.3M (~1 h per run on one thread).
     Row(
