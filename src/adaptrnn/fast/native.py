@@ -57,7 +57,7 @@ SIGNATURES = {  # name: (argument types, return type); every REAL array is a voi
     "skip_rounds": ([_ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr, _ptr, _ptr], _i64),
     "batch_step": ([_ptr, _ptr, _ptr, _i64, _ptr, _ptr], _int),
     "act_batch_run": ([_ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _i64, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
-    "sa_batch_run": ([_ptr, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
+    "sa_batch_run": ([_ptr, _ptr, _int, _ptr, _i64, _i64, *[_ptr] * 4, _dbl, *[_ptr] * 5], _int),
     "vc_batch_run": ([_ptr, _ptr, _int, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _dbl, _dbl, _ptr, _ptr, _ptr, _ptr], _int),
 }
 

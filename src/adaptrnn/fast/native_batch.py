@@ -109,18 +109,19 @@ def sa_batch_layer(module, layer: int, x: Tensor, gate: tuple[Tensor, Tensor, Te
 
     x: (T, B, C); gate: a (D,), W_c (D, C) and b_c (D,) of ũ_t = clamp(x_t W_cᵀ + b_c + a ⊙ h, 0, 1)
     (``fast.sa.gate_terms``); valid: (T, B) bool or None; s: (B, K, D) contiguous, updated in place.
-    Returns out (T, B, D), the masks u (T, B, D) and Σ_i ũ (T, B). Needs :func:`batch_applies`.
+    Returns out (T, B, D), the masks u (T, B, D; zero where not valid), Σ_i ũ (T, B) and Σ_i u (T, B).
+    Needs :func:`batch_applies`.
     """
     net = native_net(module)
     seq_len, batch = x.shape[:2]
     out, masks = x.new_empty(seq_len, batch, module.hidden_size), x.new_empty(seq_len, batch, module.hidden_size)
-    likelihoods = x.new_empty(seq_len, batch)
+    likelihoods, actives = x.new_empty(2, seq_len, batch)
     mask = None if valid is None else valid.to(torch.uint8).contiguous()
     gate_a, gate_w, gate_b = gate[0].contiguous(), gate[1].t().contiguous(), gate[2].contiguous()
     settings = (None if mask is None else mask.data_ptr(), float(module.options["threshold"]))
     args = (blas_gemm(net.dtype), layer, x.contiguous(), seq_len, batch, gate_w, gate_b, gate_a, *settings)
-    check(net.call("sa_batch_run", *args, s, out, masks, likelihoods))
-    return out, masks, likelihoods
+    check(net.call("sa_batch_run", *args, s, out, masks, likelihoods, actives))
+    return out, masks, likelihoods, actives
 
 
 def act_batch(module, x: Tensor, valid: Tensor | None, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -117,7 +117,8 @@ static REAL SUF(total)(const REAL *a, int n) {
  * keeps. Each row's new h goes to out (B, D). */
 static void SUF(sa_rows)(const Net *net, int64_t batch, int n, const int *active, const int *counts,
                          const REAL *mask, const REAL *gx, const REAL *gh, REAL *aside, REAL *state, REAL *out) {
-    const int D = net->hidden, k = parts(net->cell), width = gates(net->cell) * n, use = pass_threads(net, batch, n);
+    const int D = net->hidden, k = parts(net->cell), width = gates(net->cell) * n;
+    const int use = pass_threads(net, batch, n + D); /* the rows' cells, and their h copied out */
     (void)use; /* unused in a build without OpenMP */
 #pragma omp parallel for schedule(static) num_threads(use) if (use > 1)
     for (int64_t r = 0; r < batch; ++r) {
@@ -148,11 +149,12 @@ static void SUF(sa_rows)(const Net *net, int64_t batch, int n, const int *active
  *   x (T, B, C); gate_w (C, D), gate_b (D): c_t = x_t gate_w + gate_b, the gate's input term
  *   with the hard sigmoid folded in (computed a step at a time: no (T, B, D) temporary);
  *   gate_a (D): a; valid (T, B) or NULL (an invalid step: no neuron active); state (B, K, D)
- *   stepped in place; out (T, B, D), masks (T, B, D) and likelihoods (T, B, Σ_i ũ) written.
+ *   stepped in place; out (T, B, D), masks (T, B, D; zero at invalid steps), likelihoods (T, B,
+ *   Σ_i ũ) and actives (T, B, Σ_i u) written.
  * Returns 0, or -1 if the work space could not be allocated. */
 int SUF(sa_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int64_t steps, int64_t batch,
                       const REAL *gate_w, const REAL *gate_b, const REAL *gate_a, const uint8_t *valid,
-                      double threshold, REAL *state, REAL *out, REAL *masks, REAL *likelihoods) {
+                      double threshold, REAL *state, REAL *out, REAL *masks, REAL *likelihoods, REAL *actives) {
     const int D = net->hidden, g = gates(net->cell), k = parts(net->cell), in = layer == 0 ? net->input_size : D;
     const int apart = net->cell == CELL_GRU, nb = (int)batch;
     const REAL *w_ih = W(net->w_ih_t, layer), *w_hh = W(net->w_hh_t, layer), thr = (REAL)threshold;
@@ -180,7 +182,9 @@ int SUF(sa_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
                 p[j] = v = v < 0 ? 0 : v > 1 ? 1 : v;
                 u[j] = v > thr ? on : 0;
             }
-            likelihoods[(size_t)t * batch + r] = SUF(total)(p, D), counts[r] = (int)SUF(total)(u, D);
+            const REAL active = SUF(total)(u, D);
+            likelihoods[(size_t)t * batch + r] = SUF(total)(p, D), actives[(size_t)t * batch + r] = active;
+            counts[r] = (int)active;
         }
         memset(any, 0, sizeof(REAL) * D); /* the union of the rows' active neurons */
         for (int64_t r = 0; r < batch; ++r)

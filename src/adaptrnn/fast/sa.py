@@ -57,17 +57,16 @@ def sa_forward(module, x: Tensor, state: RecurrentState, valid: Tensor | None) -
                 out[steps:] = s[0, 0]  # padded steps keep the state
             # zero after `steps` already: the padding weights would change nothing
             mask, likelihoods = masks.unsqueeze(1), likelihoods.unsqueeze(1)
-            out = out.unsqueeze(1)
+            out, active_count = out.unsqueeze(1), mask.sum(-1)
+        elif native_batch.batch_applies(module, s):  # a batch: the whole loop in C, products in torch's BLAS
+            s = s.contiguous()
+            gate = gate_terms(module, layer)
+            out, mask, likelihoods, active_count = native_batch.sa_batch_layer(module, layer, layer_in, gate, valid, s)
+            likelihoods = likelihoods * weight  # (T, B); mask and active_count are zero where not valid
         else:
-            if native_batch.batch_applies(module, s):  # a batch: the whole loop in C, products in torch's BLAS
-                s = s.contiguous()
-                gate = gate_terms(module, layer)
-                out, masks, likelihoods = native_batch.sa_batch_layer(module, layer, layer_in, gate, valid, s)
-            else:
-                s, out, masks, likelihoods = _steps(module, layer, layer_in, rows, full, s, valid)
+            s, out, masks, likelihoods = _steps(module, layer, layer_in, rows, full, s, valid)
             mask = masks if valid is None else masks * weight.unsqueeze(-1)  # (T, B, D)
-            likelihoods = likelihoods * weight  # (T, B)
-        active_count = mask.sum(-1)  # (T, B)
+            likelihoods, active_count = likelihoods * weight, mask.sum(-1)  # (T, B)
         likelihood_sum = likelihood_sum + likelihoods.sum(0)
         gate_macs = size * (1 + in_size)
         flops = flops + (gates * active_count * (in_size + size) + weight * gate_macs).sum(0)
