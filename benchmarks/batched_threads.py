@@ -1,11 +1,11 @@
-"""The batched fast paths at one thread and at two, timed in alternation in one process.
+"""The fast paths at one thread and at two, timed in alternation in one process.
 
-Run: ``python benchmarks/batched_threads.py [rounds]`` (default 4). At (B, T, I, H) = (256, 50, 2,
-110), LSTM, eval mode, each method's gate fixed by ``adaptrnn.bench.controlled`` at f in
-{1, 0.5, 0.2, 0.1} (ACT: N = 1/f ponder steps). Each round times the module at one thread and
-then at two (median of 9 calls after 5 warm-up calls: the first calls at a new size also pay
-for the allocator's first page faults); printed are the medians over the rounds and their
-ratio, two threads over one (below 1: the second thread helps).
+Run: ``python benchmarks/batched_threads.py [rounds] [B,T,I,H]`` (default 4 and 256,50,2,110; the
+batch-1 shape of ``adaptrnn bench`` is 1,1000,40,256). LSTM, eval mode, each method's gate fixed
+by ``adaptrnn.bench.controlled`` at f in {1, 0.5, 0.2, 0.1} (ACT: N = 1/f ponder steps). Each
+round times the module at one thread and then at two (median of 9 calls after 5 warm-up calls:
+the first calls at a new size also pay for the allocator's first page faults); printed are the
+medians over the rounds and their ratio, two threads over one (below 1: the second thread helps).
 """
 
 import statistics
@@ -16,8 +16,6 @@ import torch
 
 import adaptrnn as ar
 from adaptrnn.bench import controlled
-
-B, T, I, H = 256, 50, 2, 110
 
 
 def median_ms(module, state, calls: int = 9) -> float:
@@ -32,6 +30,7 @@ def median_ms(module, state, calls: int = 9) -> float:
 
 
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+B, T, I, H = (int(n) for n in (sys.argv[2] if len(sys.argv) > 2 else "256,50,2,110").split(","))
 torch.manual_seed(0)
 x = torch.randn(T, B, I)
 print(f"# (B, T, I, H) = {(B, T, I, H)}, LSTM, torch {torch.__version__}, medians of {rounds} rounds")
