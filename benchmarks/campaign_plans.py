@@ -140,6 +140,15 @@ PAPER_CPU: list[Row] = [
             "overrides": {**PARITY64_FOJO_LR["overrides"], "lr_final": "1e-5", "lr_decay_start": "1000000"},
         },
     ),
+    # The plain RNN (no ACT) with the ACT rows' whole recipe in one run: lr 1e-3 to step 1M, then
+    # the same anneal to 1.3M (the target asks that it stay far from ACT's error).
+    Row(
+        "act/parity_rnn",
+        seeds=(0,),
+        steps=1_300_000,
+        name="act/parity64_lr1e-3_anneal1.3M_rnn",
+        overrides={**PARITY64_FOJO_LR["overrides"], "lr_final": "1e-5", "lr_decay_start": "1000000"},
+    ),
     *(
         Row(f"act/{name}", seeds=(0, 1), steps=100_000, overrides=PARITY_FOJO, name=f"act/prefix_{name}")
         for name in ("parity_act_rnn_t1e-2", "parity_act_rnn_t1e-3", "parity_rnn")
