@@ -140,6 +140,15 @@ PAPER_CPU: list[Row] = [
             "overrides": {**PARITY64_FOJO_LR["overrides"], "lr_final": "1e-5", "lr_decay_start": "1000000"},
         },
     ),
+    # Both runs above compute parity exactly up to ~20-24 non-zero entries with a fixed ~2 ponder
+    # steps (benchmarks/parity_error_by_count.py). A weaker ponder cost, τ = 1e-4 from the same 1M
+    # checkpoints at the same constant lr, tests whether pondering longer extends that range.
+    Row(
+        name="act/parity64_lr1e-3_tau1e-4_1.2M_act_rnn",
+        steps=1_200_000,
+        start_from="act/parity64_lr1e-3_act_rnn_t1e-3",
+        **{**PARITY64_FOJO_LR, "overrides": {**PARITY64_FOJO_LR["overrides"], "time_penalty": "1e-4"}},
+    ),
     # The plain RNN (no ACT) with the ACT rows' whole recipe in one run: lr 1e-3 to step 1M, then
     # the same anneal to 1.3M (the target asks that it stay far from ACT's error).
     Row(
