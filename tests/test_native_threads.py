@@ -98,7 +98,7 @@ def test_batched_loops_at_two_threads(method, cell, dtype, monkeypatch):
         with torch.no_grad():
             m.update_weight.normal_(0.0, 0.3)  # Δũ varies by row and step: rounds where rows part
             m.update_bias.fill_(0.0)
-    x = torch.randn(T, 16, I, dtype=dtype)
+    x = torch.randn(T, 32, I, dtype=dtype)  # 32 rows of D = 200: the per-row passes split too (≥ 4,096)
     two = run_with_threads(m, x, 2)
     twin = copy.deepcopy(m)
     twin.options["impl"] = "reference"
