@@ -17,7 +17,11 @@ import torch
 from adaptrnn.runs import load_run
 
 
-def error_by_count(run: str, checkpoint: str | None, bins: int) -> None:
+def error_by_count(run: str, checkpoint: str | None, bins: int) -> dict:
+    """The run's test error and ponder time, whole and by bins of the non-zero count k.
+
+    Returns error, ponder, sequences, checkpoint (the folder's name) and groups: a list of
+    (lo, hi, sequences, error, ponder) for k in [lo, hi], empty bins left out."""
     model, task, config, device, folder = load_run(run, "cpu", checkpoint)
     counts, wrong, ponder = [], [], []
     with torch.no_grad():
@@ -28,13 +32,29 @@ def error_by_count(run: str, checkpoint: str | None, bins: int) -> None:
             ponder.append(stats.updates.mean(1))
     count, miss, steps = torch.cat(counts), torch.cat(wrong).float(), torch.cat(ponder)
     width = max(1, task.size // bins)
-    print(f"{run} ({folder.name} checkpoint): test error {miss.mean():.2%}, ponder {steps.mean():.2f}, n = {len(miss)}")
-    print("  non-zero entries   sequences   error    ponder")
+    groups = []
     for lo in range(1, task.size + 1, width):
         hi = min(task.size, lo + width - 1)
         group = (count >= lo) & (count <= hi)
         if group.any():
-            print(f"  {lo:>6}-{hi:<6}   {int(group.sum()):>9}   {miss[group].mean():6.1%}   {steps[group].mean():6.2f}")
+            groups.append((lo, hi, int(group.sum()), float(miss[group].mean()), float(steps[group].mean())))
+    return {
+        "error": float(miss.mean()),
+        "ponder": float(steps.mean()),
+        "sequences": len(miss),
+        "checkpoint": folder.name,
+        "groups": groups,
+    }
+
+
+def print_table(run: str, result: dict) -> None:
+    print(
+        f"{run} ({result['checkpoint']} checkpoint): test error {result['error']:.2%}, "
+        f"ponder {result['ponder']:.2f}, n = {result['sequences']}"
+    )
+    print("  non-zero entries   sequences   error    ponder")
+    for lo, hi, n, error, ponder in result["groups"]:
+        print(f"  {lo:>6}-{hi:<6}   {n:>9}   {error:6.1%}   {ponder:6.2f}")
 
 
 def main() -> None:
@@ -44,7 +64,7 @@ def main() -> None:
     parser.add_argument("--bins", type=int, default=8)
     args = parser.parse_args()
     for run in args.runs:
-        error_by_count(run, args.checkpoint, args.bins)
+        print_table(run, error_by_count(run, args.checkpoint, args.bins))
 
 
 if __name__ == "__main__":
