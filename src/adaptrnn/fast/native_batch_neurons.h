@@ -112,10 +112,10 @@ static REAL SUF(total)(const REAL *a, int n) {
 }
 
 /* SA-RNN's element-wise step for every row, from the products gx (gh: the GRU's W_hn h apart)
- * of the n neurons in `active`: a row whose every neuron updates (counts[r] = D) steps in place;
+ * of the n neurons in `active`: a row whose every neuron updates (active_rows[r] = D) steps in place;
  * any other takes its active neurons' state aside and writes back those its own u (mask row)
  * keeps. Each row's new h goes to out (B, D). */
-static void SUF(sa_rows)(const Net *net, int64_t batch, int n, const int *active, const int *counts,
+static void SUF(sa_rows)(const Net *net, int64_t batch, int n, const int *active, const REAL *active_rows,
                          const REAL *mask, const REAL *gx, const REAL *gh, REAL *aside, REAL *state, REAL *out) {
     const int D = net->hidden, k = parts(net->cell), width = gates(net->cell) * n;
     const int use = pass_threads(net, batch, n + D); /* the rows' cells, and their h copied out */
@@ -124,9 +124,9 @@ static void SUF(sa_rows)(const Net *net, int64_t batch, int n, const int *active
     for (int64_t r = 0; r < batch; ++r) {
         REAL *h = state + (size_t)r * k * D, *c = h + D;
         const REAL *rx = gx + (size_t)r * width, *rh = gh ? gh + (size_t)r * width : NULL;
-        if (counts[r] == D) {
+        if (active_rows[r] == D) {
             SUF(pointwise)(net->cell, rx, rh, n, h, c);
-        } else if (counts[r]) {
+        } else if (active_rows[r] != 0) {
             REAL *th = aside + (size_t)r * 2 * D, *tc = th + D;
             const REAL *u = mask + (size_t)r * D;
             for (int i = 0; i < n; ++i) th[i] = h[active[i]], tc[i] = k == 2 ? c[active[i]] : 0;
@@ -162,9 +162,9 @@ int SUF(sa_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
     REAL *pw = malloc(sizeof(REAL) * (size_t)(in + D) * g * D); /* the active columns of W_ih^T, W_hh^T */
     REAL *gx = malloc(sizeof(REAL) * 2 * (size_t)batch * g * D), *hc = malloc(sizeof(REAL) * 2 * (size_t)batch * D);
     REAL *cg = malloc(sizeof(REAL) * (size_t)batch * D), *any = malloc(sizeof(REAL) * D);
-    int *active = malloc(sizeof(int) * 2 * D), *cols = active + D, *counts = malloc(sizeof(int) * batch);
+    int *active = malloc(sizeof(int) * 2 * D), *cols = active + D;
     int status = -1, gathered = 0; /* pw holds the columns of the `gathered` neurons in cols */
-    if (!pw || !gx || !hc || !cg || !any || !active || !counts) goto done;
+    if (!pw || !gx || !hc || !cg || !any || !active) goto done;
     REAL *gh = gx + (size_t)batch * g * D;
     for (int64_t t = 0; t < steps; ++t) {
         REAL *mask = masks + (size_t)t * batch * D;
@@ -182,9 +182,7 @@ int SUF(sa_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
                 p[j] = v = v < 0 ? 0 : v > 1 ? 1 : v;
                 u[j] = v > thr ? on : 0;
             }
-            const REAL active = SUF(total)(u, D);
-            likelihoods[(size_t)t * batch + r] = SUF(total)(p, D), actives[(size_t)t * batch + r] = active;
-            counts[r] = (int)active;
+            likelihoods[(size_t)t * batch + r] = SUF(total)(p, D), actives[(size_t)t * batch + r] = SUF(total)(u, D);
         }
         memset(any, 0, sizeof(REAL) * D); /* the union of the rows' active neurons */
         for (int64_t r = 0; r < batch; ++r)
@@ -208,14 +206,14 @@ int SUF(sa_batch_run)(const Net *net, void *gemm, int layer, const REAL *x, int6
             SUF(bias_rows)(b_ih, b_hh, NULL, D, g, active, n, batch, apart, use, gx, gh);
             SUF(matmul)(gemm, nb, width, in, xt, in, pih, ld, 1, gx, width);
             SUF(matmul)(gemm, nb, width, D, state, k * D, phh, ld, 1, apart ? gh : gx, width);
-            SUF(sa_rows)(net, batch, n, active, counts, mask, gx, apart ? gh : NULL, hc, state, out + (size_t)t * batch * D);
+            SUF(sa_rows)(net, batch, n, active, actives + (size_t)t * batch, mask, gx, apart ? gh : NULL, hc, state, out + (size_t)t * batch * D);
         } else {
             SUF(rows_h)(state, batch, k, D, out + (size_t)t * batch * D);
         }
     }
     status = 0;
 done:
-    free(pw), free(gx), free(hc), free(cg), free(any), free(active), free(counts);
+    free(pw), free(gx), free(hc), free(cg), free(any), free(active);
     return status;
 }
 
