@@ -47,6 +47,11 @@ typedef struct {
  * calls, so the probes' cost fades over calls too (concurrent calls on one net may mix their
  * timings: only the choice is affected). A NULL tuner (one stack step) uses the threads. */
 enum { PROBE = 4, PERIOD_MIN = 64, PERIOD_MAX = 32768 };
+/* The threaded probes start with one untimed region: after a serial stretch the pool's threads
+ * sleep, and waking them (tens of us) made the first threaded probe look 2x slower than serial,
+ * which ended the cycle for serial and doubled the period, so a net that gained from threads
+ * (ACT at batch 1, T = 1000, 5 ponder steps: 42 ms on two threads, 71 ms serial) stayed serial. */
+enum { THREADED = PROBE + 1, PROBES_END = 2 * PROBE + 1 };
 typedef struct {
     int threads, step, period, best;
     double ns[2], work[2]; /* serial, threaded: time and multiply-adds of this cycle's probes */
@@ -74,8 +79,8 @@ static int region_threads(const Tuner *tu, int threads, long work, double *start
     *start = -1;
     if (threads <= 1 || work < PARALLEL_MIN) return 1;
     if (!tu) return threads;
-    if (tu->step >= 2 * PROBE) return tu->best;
-    *start = now_ns();
+    if (tu->step >= PROBES_END) return tu->best;
+    if (tu->step != PROBE) *start = now_ns(); /* step PROBE wakes the threads, untimed */
     return tu->step < PROBE ? 1 : threads;
 }
 
@@ -86,14 +91,14 @@ static void region_done(Tuner *tu, int threads, long work, double start) {
         tu->ns[k] += now_ns() - start, tu->work[k] += (double)work;
     }
     ++tu->step;
-    if (tu->step > PROBE && tu->step < 2 * PROBE && tu->ns[1] * tu->work[0] > 2 * tu->ns[0] * tu->work[1])
-        tu->step = 2 * PROBE; /* threads already 2x slower: no more threaded probes this cycle */
-    if (tu->step == 2 * PROBE) {
+    if (tu->step > THREADED && tu->step < PROBES_END && tu->ns[1] * tu->work[0] > 2 * tu->ns[0] * tu->work[1])
+        tu->step = PROBES_END; /* threads already 2x slower: no more threaded probes this cycle */
+    if (tu->step == PROBES_END) {
         const int wins = tu->ns[1] * tu->work[0] < tu->ns[0] * tu->work[1]; /* threaded ns/MAC is lower */
         tu->best = wins ? tu->threads : 1;
         tu->period = wins ? PERIOD_MIN : (2 * tu->period > PERIOD_MAX ? PERIOD_MAX : 2 * tu->period);
         tu->ns[0] = tu->ns[1] = tu->work[0] = tu->work[1] = 0;
-    } else if (tu->step >= 2 * PROBE + tu->period) {
+    } else if (tu->step >= PROBES_END + tu->period) {
         tu->step = 0;
     }
 }
