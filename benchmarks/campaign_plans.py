@@ -152,7 +152,8 @@ PAPER_CPU: list[Row] = [
     # The same from scratch: in the 1M runs the ponder time settled at 2.00 by step 70,000, while the
     # error was still at chance, and a weaker cost later did not raise it. τ = 1e-4 (in the paper's
     # grid) from the start: at 32 bits, 50,000 steps, it kept 2.0 steps through the plateau and
-    # rose to 2.7 as the error left chance, where τ = 1e-3 fell to 1.2-1.7 and stayed at chance.
+    # rose to 2.7 as the error left chance (benchmarks/results/runs/act_p32_diag), where τ = 1e-3
+    # ended at 1.7-2.0 steps (halting bias 1) or 1.1-1.6 (bias -1), at chance.
     Row(
         name="act/parity64_lr1e-3_tau1e-4_act_rnn",
         steps=1_000_000,
