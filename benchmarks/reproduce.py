@@ -7,9 +7,15 @@
 
 Every plan is resumable with the same command: a run with a result.json is skipped, a run with
 a checkpoint continues from it (``adaptrnn train --resume``, bit-exact on the CPU), any other
-run starts afresh; the script can be killed at any moment. The long plans and their recipes
-are in ``benchmarks/campaign_plans.py``; their runs go to ``runs/reproduce/<plan>/`` and
+run starts afresh; the script can be killed at any moment. The plans and their recipes are in
+``benchmarks/campaign_plans.py``; the long plans' runs go to ``runs/reproduce/<plan>/`` and
 ``benchmarks/results/runs/<plan>/``.
+
+A run folder lives on one machine. To carry unfinished runs to another (a CPU-days plan outlives
+a session), ``--park`` copies their checkpoints to ``benchmarks/results/inflight/``; commit
+them, and the same command on a clone resumes each run from its parked checkpoint:
+
+    python benchmarks/reproduce.py --plan paper-cpu --park      # then: git add benchmarks/results/inflight
 
 Each row is one config under ``configs/`` run for several seeds with the plan's step count
 (and learning rate, where the plan trades the papers' lr 1e-4 for a shorter run: every such
@@ -34,8 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # campaign_plans beside this script
 
-from campaign_plans import PAPER_CPU, STABILITY, Row  # noqa: E402
+from campaign_plans import CPU_SHORT, PAPER_CPU, STABILITY, Row  # noqa: E402
 
+from adaptrnn.checkpoint import CheckpointError, checkpoint_step, load_trainer_state  # noqa: E402
 from adaptrnn.report import aggregate, collect_runs, tested_checkpoint, to_csv, to_markdown  # noqa: E402
 from adaptrnn.runinfo import collapse_record  # noqa: E402
 from adaptrnn.runs import CHECKPOINTS, evaluate  # noqa: E402
@@ -43,107 +50,13 @@ from adaptrnn.runs import CHECKPOINTS, evaluate  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LIGHT_FILES = ("config.yaml", "metrics.jsonl", "result.json", "result_last.json", "samples.npz")
+# Unfinished runs parked in the repository (``--park``): a commit carries their checkpoints to the
+# next machine, where the same command resumes them; a run's parked copy goes once it finishes.
+PARKED = "inflight"
 
 
-def rows(group: str, names: list[str], **kw) -> list[Row]:
-    return [Row(f"{group}/{name}", **kw) for name in names]
-
-
-# What a 2-core CPU can afford in about four hours: the papers' tasks and rows, far fewer steps,
-# lr 1e-3 and batch 128 (the papers use lr 1e-4, batch 256 and 10-100x more steps).
-# Differences from the papers are stated in docs/results.md.
-FAST = {"lr": "1e-3", "batch_size": "128", "eval_every": "250", "threads": "1"}
-LOGIC = {"lr": "1e-3", "eval_every": "1000", "threads": "1"}  # the papers' batch 16
 PLANS: dict[str, list[Row]] = {
-    "cpu-short": [
-        *rows(
-            "skip_rnn",
-            [
-                "adding_lstm",
-                "adding_gru",
-                "adding_skip_lstm_l0",
-                "adding_skip_lstm_l1e-5",
-                "adding_skip_gru_l0",
-                "adding_skip_gru_l1e-5",
-                "adding_random_skip_lstm",
-                "adding_random_skip_gru",
-            ],
-            steps=1500,
-            overrides=FAST,
-        ),
-        *rows(
-            "skip_rnn",
-            [
-                "frequency_t100_lstm",
-                "frequency_t100_skip_lstm_l0",
-                "frequency_t100_skip_lstm_l1e-5",
-                "frequency_t100_skip_lstm_l1e-4",
-                "frequency_t100_skip_gru_l1e-4",
-            ],
-            seeds=(0, 1),
-            steps=1500,
-            overrides=FAST,
-        ),
-        *rows(
-            "vc_rnn",
-            ["char_lm_rnn", "char_lm_vc_rnn", "char_lm_gru", "char_lm_vc_gru"],
-            seeds=(0,),
-            steps=1000,
-            overrides={**FAST, "hidden_size": "128", "batch_size": "64", "eval_batches": "20"},
-        ),
-        # Rows of the long-sequence tables, one seed each: T=500 and T=784 cost 0.5-1.6 s per step.
-        # SA-RNN's slope schedule is compressed so that alpha reaches 5 at the last step, as in the paper.
-        *rows("sa_rnn", ["adding_t500_gru"], seeds=(0,), steps=1500, overrides=FAST),
-        *rows(
-            "sa_rnn",
-            ["adding_t500_sa_gru_l1e-4", "adding_t500_sa_gru_l1e-5", "adding_t500_sa_gru_l0"],
-            seeds=(0,),
-            steps=1500,
-            overrides={**FAST, "slope_epoch_steps": "15"},
-        ),
-        *rows("sa_rnn", ["adding_t500_skip_gru_l1e-5"], seeds=(0,), steps=1500, overrides=FAST),
-        *rows(
-            "skip_rnn",
-            [
-                "pixel_fashion_mnist_lstm",
-                "pixel_fashion_mnist_skip_lstm",
-                "pixel_fashion_mnist_gru",
-                "pixel_fashion_mnist_skip_gru",
-            ],
-            seeds=(0,),
-            steps=500,  # 1.16 epochs of the 55,000 training images at batch 128
-            overrides={**FAST, "eval_batches": "2"},
-        ),
-        *rows(
-            "skip_rnn",
-            [
-                "frequency_t200_lstm",
-                "frequency_t200_skip_lstm_l0",
-                "frequency_t200_skip_lstm_l1e-5",
-                "frequency_t200_skip_lstm_l1e-4",
-                "frequency_t200_skip_gru_l1e-4",
-            ],
-            seeds=(0,),
-            steps=1500,
-            overrides=FAST,
-        ),
-        *rows(
-            "act",
-            ["parity_rnn", "parity_act_rnn_t1e-3", "parity_act_rnn_t1e-2", "parity_act_rnn_t1e-1"],
-            seeds=(0,),
-            steps=30000,
-            overrides={**FAST, "eval_every": "2000"},
-        ),
-        *rows("act", ["logic_lstm"], seeds=(0,), steps=10000, overrides=LOGIC),
-        # ACT ponders ~13 steps per input here, 0.5-0.8 s per training step: 7,000 steps is what was affordable.
-        *rows(
-            "act",
-            ["logic_act_lstm_t1e-3"],
-            seeds=(0,),
-            steps=7000,
-            overrides=LOGIC,
-        ),
-    ],
+    "cpu-short": CPU_SHORT,
     "paper-cpu": PAPER_CPU,
     "stability": STABILITY,
 }
@@ -267,6 +180,48 @@ def write_last_result(out: Path) -> None:
     os.replace(tmp, out / "result_last.json")
 
 
+def park_run(out: Path, parked: Path, tries: int = 5) -> int:
+    """Copy the unfinished run ``out`` (config, metrics, last and best checkpoints; not its
+    TensorBoard logs) to ``parked``, replacing an older copy; returns the step parked.
+
+    The trainer may replace a checkpoint while it is copied: a copy whose files are not of one
+    step, or whose best checkpoint is not the one the last checkpoint names, is made again.
+    """
+    staging = parked.with_name(f".{parked.name}.new")
+    for _ in range(tries):
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            last, best = staging / CHECKPOINTS / "last", staging / CHECKPOINTS / "best"
+            shutil.copytree(out / CHECKPOINTS / "last", last)
+            step, best_step = checkpoint_step(last), load_trainer_state(last / "trainer_state.pt")["best_step"]
+            if best_step is not None:
+                shutil.copytree(out / CHECKPOINTS / "best", best)
+                if checkpoint_step(best) != best_step:
+                    continue
+            for name in ("config.yaml", "metrics.jsonl"):  # after the checkpoints: no logged step missing
+                shutil.copy2(out / name, staging / name)
+        except (OSError, CheckpointError):  # a checkpoint renamed or half-written under the copy
+            continue
+        shutil.rmtree(parked, ignore_errors=True)
+        os.replace(staging, parked)
+        return step
+    shutil.rmtree(staging, ignore_errors=True)
+    raise RuntimeError(f"{out}: no consistent copy in {tries} tries (is its trainer saving continually?)")
+
+
+def park_plan(plan: list[Row], runs_dir: Path, folder: str = "", results: Path = RESULTS) -> None:
+    """Park every unfinished run of ``plan`` under ``results/inflight`` (see ``park_run``)."""
+    for row in plan:
+        for seed in row.seeds:
+            out = runs_dir / folder / row.folder / f"s{seed}"
+            if run_state(out) == "resume":
+                parked = results / PARKED / folder / row.folder / f"s{seed}"
+                parked.parent.mkdir(parents=True, exist_ok=True)
+                step = park_run(out, parked)
+                size = sum(f.stat().st_size for f in parked.rglob("*") if f.is_file())
+                print(f"[parked] step {step}, {size / 1e6:.1f} MB: {parked}", flush=True)
+
+
 def config_path(row: Row) -> Path:
     return Path(row.config) if row.config.endswith(".yaml") else ROOT / "configs" / f"{row.config}.yaml"
 
@@ -297,6 +252,11 @@ def run_row(
     out = runs_dir / folder / row.folder / f"s{seed}"
     dest = results / "runs" / folder / row.folder / f"s{seed}"
     source = runs_dir / folder / row.start_from / f"s{seed}" if row.start_from else None
+    parked = results / PARKED / folder / row.folder / f"s{seed}"
+    if run_state(out) == "fresh" and run_state(parked) == "resume" and not dry and not collect:
+        # parked on another machine: continue from its checkpoint
+        shutil.copytree(parked, out, dirs_exist_ok=True)
+        print(f"[unparked] {parked}", flush=True)
     continues = run_state(out) == "fresh" and source is not None and run_state(source) != "fresh"
     if continues and not dry and not collect:
         # continue the source run: its folder without its results (they stay the shorter run's)
@@ -323,6 +283,7 @@ def run_row(
     for name in LIGHT_FILES:
         if (out / name).is_file():
             shutil.copy2(out / name, dest / name)
+    shutil.rmtree(parked, ignore_errors=True)  # finished: its committed results replace the parked run
     return out
 
 
@@ -373,6 +334,12 @@ def main() -> int:
         help="train nothing: test the finished runs' last checkpoints, copy their light files, rebuild the tables",
     )
     parser.add_argument(
+        "--park",
+        action="store_true",
+        help="train nothing: copy the unfinished runs' checkpoints to benchmarks/results/inflight "
+        "(commit them to resume on another machine)",
+    )
+    parser.add_argument(
         "--smoke",
         type=int,
         metavar="STEPS",
@@ -390,6 +357,9 @@ def main() -> int:
         return 0
     if args.status:
         print_status(plan, Path(args.runs_dir), folder)
+        return 0
+    if args.park:
+        park_plan(plan, Path(args.runs_dir), folder)
         return 0
     if not args.tables_only:
         run_plan(plan, Path(args.runs_dir), folder, args.jobs, args.dry_run, collect=args.collect)

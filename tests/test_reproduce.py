@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from adaptrnn.config import load_config_file, make_config
@@ -171,3 +172,63 @@ def test_a_continuation_takes_its_own_lr_schedule(tmp_path):
     assert lr[4] == pytest.approx(base) and 1e-5 <= lr[8] < lr[6] < base  # annealed after step 4
     source = yaml.safe_load((runs / "p" / "tiny_a" / "s0" / "config.yaml").read_text())
     assert source.get("lr_final") is None
+
+
+def final_weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / "checkpoints" / "last" / "model.safetensors")
+
+
+def test_a_parked_run_resumes_on_another_machine_as_if_never_stopped(tmp_path, monkeypatch):
+    """``--park`` copies an unfinished run's checkpoints into the results; a clone with an empty
+    runs folder continues from them to the weights of an uninterrupted run, and the parked copy
+    goes once the run is finished."""
+    row = tiny_plan(tmp_path)[0]
+    whole = tmp_path / "whole"
+    reproduce.run_plan([row], whole, "p/", results=tmp_path / "whole_results")
+
+    # the run stopped at step 2 of 4 on the first machine
+    first, results = tmp_path / "first", tmp_path / "results"
+    half = reproduce.Row(row.config, row.seeds, 2, row.overrides, row.folder)
+    reproduce.run_plan([half], first, "p/", results=tmp_path / "scratch")
+    run = first / "p" / "tiny_a" / "s0"
+    for name in ("result.json", "result_last.json"):
+        (run / name).unlink()
+    reproduce.park_plan([row], first, "p/", results=results)
+    parked = results / "inflight" / "p" / "tiny_a" / "s0"
+    assert sorted(p.name for p in parked.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl"]
+    assert reproduce.checkpoint_step(parked / "checkpoints" / "last") == 2
+
+    # the second machine: the repository (results) without the first machine's runs folder
+    calls = []
+    real_run = subprocess.run
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(cmd, **kw))
+    second = tmp_path / "second"
+    reproduce.run_plan([row], second, "p/", results=results)
+    assert len(calls) == 1 and "--resume" in calls[0]
+    resumed, uninterrupted = final_weights(second / "p/tiny_a/s0"), final_weights(whole / "p/tiny_a/s0")
+    assert resumed.keys() == uninterrupted.keys()
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(resumed[name], tensor), name
+    steps = [json.loads(line)["step"] for line in (second / "p/tiny_a/s0/metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+    assert not parked.exists() and (results / "runs/p/tiny_a/s0/result.json").is_file()
+
+
+def test_parking_refuses_a_checkpoint_whose_files_are_of_two_steps(tmp_path):
+    """What a copy taken while the trainer replaces its checkpoint could hold: never parked."""
+    row = tiny_plan(tmp_path)[0]
+    runs = tmp_path / "runs"
+    reproduce.run_plan([row], runs, "p/", results=tmp_path / "results")
+    run = runs / "p" / "tiny_a" / "s0"
+    (run / "result.json").unlink()
+    # the last checkpoint's weights (step 4) beside a trainer state of step 2
+    state_file = run / "checkpoints" / "last" / "trainer_state.pt"
+    state = reproduce.load_trainer_state(state_file)
+    torch.save({**state, "step": 2}, state_file)
+    with pytest.raises(reproduce.CheckpointError, match="not of one step"):
+        reproduce.checkpoint_step(run / "checkpoints" / "last")
+    with pytest.raises(RuntimeError, match="no consistent copy"):
+        reproduce.park_run(run, tmp_path / "parked")
+    assert not (tmp_path / "parked").exists()

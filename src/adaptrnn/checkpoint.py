@@ -187,6 +187,23 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def checkpoint_step(directory: str | Path) -> int:
+    """The step a checkpoint directory was saved at, without a model; refuses a mismatched pair.
+
+    For copies made while a trainer may be replacing the checkpoint (``reproduce.py --park``).
+    """
+    directory = Path(directory)
+    state_step = load_trainer_state(directory / STATE)["step"]
+    try:
+        with safe_open(str(directory / WEIGHTS), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # missing, truncated or foreign: safetensors' own error types
+        raise CheckpointError(f"{directory / WEIGHTS}: not a readable safetensors file ({_first_line(err)})") from None
+    if metadata.get("format") != FORMAT or int(metadata.get("step", -1)) != state_step:
+        raise CheckpointError(f"{directory}: weights and trainer state are not of one step")
+    return int(state_step)
+
+
 def load_checkpoint(directory: str | Path, model: nn.Module) -> dict[str, Any]:
     """Load weights into ``model`` and return the trainer state; both must be from the same step."""
     directory = Path(directory)
