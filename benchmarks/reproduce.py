@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # campaign_plans beside this script
@@ -323,6 +324,9 @@ def main() -> int:
     parser.add_argument(
         "--only", action="append", default=[], help="run only rows whose folder starts with this (repeatable)"
     )
+    parser.add_argument(
+        "--seed", type=int, action="append", default=[], help="run only these seeds of each row (repeatable)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one CPU thread each)")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "reproduce"))
     parser.add_argument("--dry-run", action="store_true", help="print each run's state and command only")
@@ -348,6 +352,8 @@ def main() -> int:
     args = parser.parse_args()
     prefixes = tuple(args.only) or ("",)
     plan = [row for row in PLANS[args.plan] if row.folder.startswith(prefixes)]
+    if args.seed:
+        plan = [replace(row, seeds=tuple(s for s in row.seeds if s in args.seed)) for row in plan]
     folder = PLAN_FOLDERS[args.plan]
     if args.smoke:
         smoke = {"eval_every": str(args.smoke), "log_every": str(args.smoke), "eval_batches": "1"}

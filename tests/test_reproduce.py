@@ -232,3 +232,13 @@ def test_parking_refuses_a_checkpoint_whose_files_are_of_two_steps(tmp_path):
     with pytest.raises(RuntimeError, match="no consistent copy"):
         reproduce.park_run(run, tmp_path / "parked")
     assert not (tmp_path / "parked").exists()
+
+
+def test_seed_and_only_pick_the_runs(tmp_path, monkeypatch, capsys):
+    argv = ["reproduce.py", "--plan", "paper-cpu", "--only", "sa_rnn/", "--seed", "1", "--dry-run"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--runs-dir", str(tmp_path)])
+    assert reproduce.main() == 0
+    outs = [line.split("--out ")[1].split()[0] for line in capsys.readouterr().out.splitlines()]
+    rows = [row for row in reproduce.PLANS["paper-cpu"] if row.folder.startswith("sa_rnn/") and 1 in row.seeds]
+    assert outs == [str(tmp_path / "paper_cpu" / row.folder / "s1") for row in rows] and len(outs) == 4
+    assert not tmp_path.joinpath("paper_cpu").exists()  # a dry run creates nothing
