@@ -23,7 +23,7 @@ from adaptrnn.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from adaptrnn.config import make_config
+from adaptrnn.config import ConfigError, make_config
 from adaptrnn.model import MODEL_NAMES, build_model
 from adaptrnn.runs import evaluate
 from adaptrnn.tasks import make_task
@@ -70,6 +70,24 @@ def test_short_run_lowers_the_loss(tmp_path):
     assert last["value"] == pytest.approx(lines[-1]["val_metric"], rel=1e-5)
     with pytest.raises(ValueError, match="checkpoint must be best or last"):
         evaluate(tmp_path / "run", checkpoint="final")
+
+
+def test_patience_stops_after_validations_without_a_better_metric(tmp_path):
+    """lr 1e-30 leaves the weights as they are (float32), so no validation after the first is
+    better (the rule is strict): with validation every 3 steps and patience 2 the run stops at
+    step 9, tests the step-3 checkpoint, and a resume trains no further."""
+    config = tiny(steps=30, extra=("lr=1e-30", "patience=2"))
+    result = train(config, tmp_path / "run", progress=False)
+    assert result["train_steps"] == 9 and result["stopped_early"] == 9 and result["best_step"] == 3
+    assert [line["step"] for line in metrics(tmp_path / "run")][-1] == 9
+    again = Trainer(config, tmp_path / "run", resume=True, progress=False).run()
+    assert again["train_steps"] == 9 and again["stopped_early"] == 9
+    assert [line["step"] for line in metrics(tmp_path / "run")][-1] == 9
+    # without patience the same run trains all its steps
+    whole = train(tiny(steps=12, extra=("lr=1e-30",)), tmp_path / "all", progress=False)
+    assert whole["train_steps"] == 12 and "stopped_early" not in whole
+    with pytest.raises(ConfigError, match="patience must be >= 1"):
+        tiny(extra=("patience=0",))
 
 
 @pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush subnormals")
@@ -297,11 +315,9 @@ def _thread_names() -> list[str]:
     return [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
 
 
-def test_ddp_two_cpu_processes_match_one_process(tmp_path):
-    sets = [*TINY_ADDING, "batch_size=32"]
-    port = _free_port()
+def _run_ddp_workers(out: Path, sets: list[str]) -> None:
     workers = mp.start_processes(
-        _ddp_worker, args=(2, port, str(tmp_path / "ddp"), sets), nprocs=2, join=False, start_method="spawn"
+        _ddp_worker, args=(2, _free_port(), str(out), sets), nprocs=2, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + 180  # a hung collective must fail the test, not stall the suite
     while not workers.join(timeout=1):
@@ -309,6 +325,11 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
             for process in workers.processes:
                 process.kill()
             pytest.fail("the two DDP workers did not finish within 180 s")
+
+
+def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+    sets = [*TINY_ADDING, "batch_size=32"]
+    _run_ddp_workers(tmp_path / "ddp", sets)
     rank0 = torch.load(tmp_path / "ddp/rank0.pt")
     rank1 = torch.load(tmp_path / "ddp/rank1.pt")
     config = make_config(overrides={"task": "adding", "model": "skip-lstm", "steps": 6, "device": "cpu"}, sets=sets)
@@ -322,3 +343,11 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
         for rank in (0, 1):
             names = (tmp_path / f"ddp/threads{rank}.txt").read_text().split()
             assert not [n for n in names if "gloo" in n], names
+
+
+def test_ddp_ranks_stop_together_when_patience_runs_out(tmp_path):
+    """Rank 0 alone validates; the other rank must leave the loop at the same step (or hang)."""
+    _run_ddp_workers(tmp_path / "ddp", [*TINY_ADDING, "batch_size=32", "lr=1e-30", "eval_every=2", "patience=1"])
+    result = json.loads((tmp_path / "ddp/result.json").read_text())
+    assert result["train_steps"] == 4 and result["stopped_early"] == 4 and result["world_size"] == 2
+    assert (tmp_path / "ddp/rank1.pt").is_file()

@@ -60,6 +60,9 @@ class TrainConfig:
         ``sharpness`` option (None = constant).
     slope_epoch_steps: steps per "epoch" of the SA-RNN slope schedule
         ``α = min(5, α_0 + 0.04·epoch)`` (None = steps / 100, so α reaches 5 at the end).
+    patience: stop once this many validations in a row found no better metric than the best
+        (None = train all ``steps``); the best checkpoint is tested as always, and result.json
+        says ``stopped_early``. Schedules keep their ``steps``-long shape.
     """
 
     task: str
@@ -87,6 +90,7 @@ class TrainConfig:
     flush_denormal: bool = True
     sharpness_final: float | None = None
     slope_epoch_steps: int | None = None
+    patience: int | None = None
 
 
 # The papers' batch sizes where they differ from Skip RNN's 256 (ACT.md). Adding and frequency
@@ -372,6 +376,6 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
-    for key in ("eval_batches", "slope_epoch_steps", "threads"):
+    for key in ("eval_batches", "slope_epoch_steps", "threads", "patience"):
         if getattr(config, key) is not None and getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1 or none, got {getattr(config, key)}")

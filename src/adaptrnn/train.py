@@ -139,15 +139,19 @@ class Trainer:
         """Train to ``config.steps``, then test the best checkpoint; the result on rank 0, None elsewhere.
 
         Training stops early when the gradient was NaN or infinite in ``MAX_NONFINITE_STEPS``
-        steps in a row; the result then says why under ``diverged``.
+        steps in a row (the result then says why under ``diverged``), or when ``patience``
+        validations in a row found nothing better (``stopped_early``).
         """
         cfg, main = self.config, self.rank == 0
         writer = self._open_logs() if main else None
         bar = progress_bar(cfg.steps, self.step, enabled=main and self.progress, desc="train")
         start = time.perf_counter() - self.elapsed
         self.diverged = None
+        # a run resumed after its patience ran out trains no further
+        self.stopped_early = self.step if self.step and self._out_of_patience() else None
+        remaining = range(self.step, cfg.steps) if self.stopped_early is None else range(0)
         try:
-            for step in range(self.step, cfg.steps):
+            for step in remaining:
                 try:
                     self._train_step(step)
                 except TrainingDiverged as err:
@@ -163,9 +167,12 @@ class Trainer:
                     if main:
                         self._write_log(writer, line)
                         bar.set_postfix(loss=f"{line['loss']:.4g}", upd=f"{line['updates_fraction']:.3f}")
+                bar.update(1)
                 if evaluate_now:
                     self._save(val)
-                bar.update(1)
+                    if self._out_of_patience():
+                        self.stopped_early = done
+                        break
         finally:
             bar.close()
             if writer is not None:
@@ -174,6 +181,16 @@ class Trainer:
         if self.world > 1:  # waits for rank 0's test evaluation; see adaptrnn.distributed for the order
             close_group(self._release_ddp, self.owns_group)
         return result
+
+    def _out_of_patience(self) -> bool:
+        """``patience`` validations since the best one; rank 0 decides (it alone validates)."""
+        cfg = self.config
+        since_best = self.step - (self.best_step if self.best_step is not None else self.step)
+        stop = cfg.patience is not None and since_best >= cfg.patience * cfg.eval_every
+        stop = torch.tensor(float(stop), device=self.device)
+        if self.world > 1:
+            dist.broadcast(stop, 0)
+        return bool(stop)
 
     def _release_ddp(self) -> None:
         self.ddp = self.model
@@ -384,6 +401,8 @@ class Trainer:
         }
         if self.diverged:
             result["diverged"] = self.diverged
+        if self.stopped_early:
+            result["stopped_early"] = self.stopped_early
         metrics = self.out / "metrics.jsonl"
         result.update(run_record(cfg, checkpoint, checkpoint_step, metrics, self.task.higher_is_better))
         arrays = sample_arrays(self.model, self.task, self.device, SAMPLE_COUNT)
