@@ -51,6 +51,7 @@ from adaptrnn.runs import CHECKPOINTS, evaluate  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LIGHT_FILES = ("config.yaml", "metrics.jsonl", "result.json", "result_last.json", "samples.npz")
+FOLLOW_THE_PLAN = ("patience", "threads")  # on resume, from the plan: when to stop, and the threads
 # Unfinished runs parked in the repository (``--park``): a commit carries their checkpoints to the
 # next machine, where the same command resumes them; a run's parked copy goes once it finishes.
 PARKED = "inflight"
@@ -229,13 +230,16 @@ def config_path(row: Row) -> Path:
 
 def train_command(row: Row, seed: int, out: Path, state: str) -> list[str]:
     """The ``adaptrnn train`` command for a run; a resumed run uses its own config.yaml, but the
-    row's steps (a continued run's are more than its source's) and, for a continued run, the
-    row's overrides (its config.yaml is the source's)."""
+    row's steps (a continued run's are more than its source's), the row's settings that do not
+    change what a step computes (``FOLLOW_THE_PLAN``: a plan may gain them while its runs are
+    under way) and, for a continued run, all the row's overrides (its config.yaml is the source's)."""
     cmd = [sys.executable, "-m", "adaptrnn.cli", "train", "--out", str(out), "--no-progress"]
     if state == "resume":
         cmd += ["--resume", *(["--steps", str(row.steps)] if row.steps is not None else [])]
-        if row.start_from:  # a continuation takes its own settings where they differ (e.g. an lr schedule)
-            cmd += ["--allow-changed-settings", *(a for k, v in row.overrides.items() for a in ("--set", f"{k}={v}"))]
+        # a continuation takes its own settings where they differ (e.g. an lr schedule)
+        follow = row.overrides if row.start_from else {k: v for k, v in row.overrides.items() if k in FOLLOW_THE_PLAN}
+        if follow:
+            cmd += ["--allow-changed-settings", *(a for k, v in follow.items() for a in ("--set", f"{k}={v}"))]
         return cmd
     cmd += ["--config", str(config_path(row)), "--seed", str(seed)]
     if row.steps is not None:

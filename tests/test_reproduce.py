@@ -242,3 +242,13 @@ def test_seed_and_only_pick_the_runs(tmp_path, monkeypatch, capsys):
     rows = [row for row in reproduce.PLANS["paper-cpu"] if row.folder.startswith("sa_rnn/") and 1 in row.seeds]
     assert outs == [str(tmp_path / "paper_cpu" / row.folder / "s1") for row in rows] and len(outs) == 4
     assert not tmp_path.joinpath("paper_cpu").exists()  # a dry run creates nothing
+
+
+def test_a_resumed_run_takes_the_plans_stopping_rule_and_threads_only(tmp_path):
+    row = reproduce.Row("adding", seeds=(0,), steps=8, overrides={"lr": "1e-3", "patience": "4", "threads": "1"})
+    cmd = reproduce.train_command(row, 0, tmp_path / "run", "resume")
+    assert "--allow-changed-settings" in cmd and "--config" not in cmd
+    sets = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--set"]
+    assert sets == ["patience=4", "threads=1"]  # the lr of a run under way stays its own
+    plain = reproduce.Row("adding", seeds=(0,), steps=8, overrides={"lr": "1e-3"})
+    assert "--allow-changed-settings" not in reproduce.train_command(plain, 0, tmp_path / "run", "resume")
