@@ -192,7 +192,7 @@ PARITY64_FOJO_LR = {  # the random layout at Fojo et al.'s lr (the rows below)
 # gate's h_{t-1} detached (without it the gate's gradient exploded at lr 1e-4 and 1e-3 alike; with
 # it, lr 1e-3 solved T = 500 in both seeds within 1,000 steps, lr 1e-4 in neither), so lr 1e-3 held
 # for 30% of the steps, then a half cosine to the paper's 1e-4, as the Skip adding recipe; batch
-# 128 and 4,000 steps (~40 min per run on one thread; the paper's 30,000 steps at batch 256 would
+# 128 and 4,000 steps (~1 h per run on one thread beside a second; the paper's 30,000 steps at batch 256 would
 # take ~68 CPU-hours per seed: shared/spec/RESULTS.md), α = min(5, 1 + 0.04·epoch) with 40-step
 # epochs reaching 5 at the last step. Frequency at the paper's lr 1e-4 (at 1e-3 even the dense
 # LSTM fell to chance).
