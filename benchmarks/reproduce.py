@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # campaign_plans besid
 
 from campaign_plans import CPU_SHORT, PAPER_CPU, STABILITY, Row  # noqa: E402
 
-from adaptrnn.checkpoint import CheckpointError, checkpoint_step, load_trainer_state  # noqa: E402
+from adaptrnn.checkpoint import STATE, CheckpointError, checkpoint_step, load_trainer_state  # noqa: E402
 from adaptrnn.report import aggregate, collect_runs, tested_checkpoint, to_csv, to_markdown  # noqa: E402
 from adaptrnn.runinfo import collapse_record  # noqa: E402
 from adaptrnn.runs import CHECKPOINTS, evaluate  # noqa: E402
@@ -195,7 +195,7 @@ def park_run(out: Path, parked: Path, tries: int = 5) -> int:
         try:
             last, best = staging / CHECKPOINTS / "last", staging / CHECKPOINTS / "best"
             shutil.copytree(out / CHECKPOINTS / "last", last)
-            step, best_step = checkpoint_step(last), load_trainer_state(last / "trainer_state.pt")["best_step"]
+            step, best_step = checkpoint_step(last), load_trainer_state(last / STATE)["best_step"]
             if best_step is not None:
                 shutil.copytree(out / CHECKPOINTS / "best", best)
                 if checkpoint_step(best) != best_step:
