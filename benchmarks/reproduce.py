@@ -82,7 +82,7 @@ TABLES: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "paper_cpu_act_parity": (("paper_cpu/act/",), "task,size,layout,model,time_penalty,lr,train_steps"),
     "paper_cpu_sa_rnn_adding_t500": (("paper_cpu/sa_rnn/",), "task,model,budget,lr,detach_gate_state"),
-    "paper_cpu_vc_rnn_char_lm": (("paper_cpu/vc_rnn/",), "task,model,hidden_size,target,penalty"),
+    "paper_cpu_vc_rnn_char_lm": (("paper_cpu/vc_rnn/",), "task,model,hidden_size,target,penalty,detach_scheduler_state"),
     "stability": (
         ("stability/",),
         "task,length,sampling_period_ms,model,lr,lr_final,graph,gate_grad_clip,detach_gate_state",
@@ -92,17 +92,18 @@ RUN_COLUMNS = (
     "run_dir task model seed train_steps metric value solved updates_fraction updates_per_sequence "
     "flops_per_sequence dense_flops_per_sequence inference_ms_per_sequence wall_s diverged "
     "penalty lr lr_final batch_size checkpoint collapsed final_val_value last_value last_updates_fraction "
-    "graph gate_grad_clip gate_init detach_gate_state layout"
+    "graph gate_grad_clip gate_init detach_gate_state detach_scheduler_state layout"
 ).split()
 PENALTIES = ("budget", "time_penalty", "penalty")  # Skip/SA λ, ACT τ, VC penalty weight
 # Options added after some committed runs were made: a config.yaml without the key ran with the
 # code's only behaviour at the time, written here (Skip's graph and unbounded gate gradient, SA's
-# init, parity's layout).
+# init and VC's scheduler graph, parity's layout).
 LEGACY_OPTIONS = {
     "graph": "paper-carried",
     "gate_grad_clip": None,
     "gate_init": "open",
     "detach_gate_state": False,
+    "detach_scheduler_state": False,
     "layout": "random",
 }
 

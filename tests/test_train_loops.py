@@ -117,7 +117,8 @@ def vc_written_out(m: ar.VCRNN, x: Tensor, s0: Tensor, valid: Tensor) -> tuple[T
         s, outs, schedule = s0[layer], [], []
         for t in range(T):
             h = s[:, 0]
-            m_t = (torch.sigmoid(h @ u + layer_in[t] @ v + b) * scale).clamp(max=1.0)  # (B,)
+            h_scheduler = h.detach() if m.options["detach_scheduler_state"] else h
+            m_t = (torch.sigmoid(h_scheduler @ u + layer_in[t] @ v + b) * scale).clamp(max=1.0)  # (B,)
             if m.is_hard:
                 e = (torch.arange(D) < torch.ceil(m_t * D).clamp(1, D).unsqueeze(1)).to(DTYPE)
             else:
@@ -135,7 +136,10 @@ def vc_written_out(m: ar.VCRNN, x: Tensor, s0: Tensor, valid: Tensor) -> tuple[T
     return layer_in, torch.stack(finals), cost, torch.stack(schedule)
 
 
-@pytest.mark.parametrize("options", [{}, {"hard": True, "scale": 0.8}, {"bias": False, "sharpness": 3.0}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"hard": True, "scale": 0.8}, {"bias": False, "sharpness": 3.0}, {"detach_scheduler_state": True}],
+)
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
@@ -154,6 +158,32 @@ def test_vc_loop_equals_the_written_out_method(cell: str, num_layers: int, padde
             assert g is None or g.abs().max() == 0, name
             continue
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=lambda e, name=name: f"{name}: {e}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_vc_detached_scheduler_state_cuts_only_that_path(cell: str) -> None:
+    """``detach_scheduler_state`` leaves the forward pass alone and removes only the gradient
+    that reaches h_{t-1} through m_t: the scheduler's u still learns, the initial state's
+    gradient differs, and with u = 0 (m_t reads no state) the two agree."""
+    plain = make_module("vc", cell, sharpness=2.0).train()
+    cut = make_module("vc", cell, sharpness=2.0, detach_scheduler_state=True).train()
+    cut.load_state_dict(plain.state_dict())
+    x, s0 = random_input(), random_cell(plain)
+
+    def run(m: ar.VCRNN) -> tuple[Tensor, Tensor, Tensor]:
+        start = s0.clone().requires_grad_(True)
+        out, _, stats = m(x, state=ar.RecurrentState(start))
+        g_start, g_u = torch.autograd.grad(weighted_loss(out, stats.cost), [start, m.scheduler_h_l0])
+        return out.detach(), g_start, g_u
+
+    (out_p, start_p, _), (out_c, start_c, u_c) = run(plain), run(cut)
+    assert torch.equal(out_p, out_c)
+    assert u_c.abs().max() > 0, "u still gets a gradient"
+    assert not torch.allclose(start_p, start_c), "the path through m_t was not cut"
+    with torch.no_grad():
+        plain.scheduler_h_l0.zero_()
+        cut.scheduler_h_l0.zero_()
+    torch.testing.assert_close(run(plain)[1], run(cut)[1], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -118,6 +118,7 @@ RULES: dict[str | tuple[str, str], Rule] = {
     "gate_grad_clip": Rule("number", low=0.0, low_open=True, optional=True),
     "gate_init": Rule("choice", choices=("official", "open")),
     "detach_gate_state": Rule("bool"),
+    "detach_scheduler_state": Rule("bool"),
 }
 
 

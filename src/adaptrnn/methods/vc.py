@@ -57,6 +57,11 @@ class VCRNN(RecurrentBase):
         hard: None = the hard version in eval mode and the soft one in training;
             True / False to force either.
         scale: multiplies m_t before the mask; the inference compute dial (1.0).
+        detach_scheduler_state: stop the gradient through h_{t-1} inside the scheduler (m_t
+            reads h_{t-1}, its gradient reaches u but not h_{t-1}). Not in the paper (False).
+            Why offer it: the soft mask's slope in m_t is about λD/4 at the active boundary, so
+            the recurrent Jacobian gains a term of that size through u·h_{t-1}; as λ ramps up
+            it can make the gradient explode over the BPTT window (docs/results.md, VCRNN).
         impl: "auto" multiplies only the d_t × d_t blocks in hard mode at inference
             (``adaptrnn.fast.vc``; eval mode under ``torch.no_grad()``), "reference" always runs this loop.
 
@@ -88,6 +93,7 @@ class VCRNN(RecurrentBase):
         "hard": None,
         "scale": 1.0,
         "impl": "auto",
+        "detach_scheduler_state": False,
     }
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **kw) -> None:
@@ -117,6 +123,7 @@ class VCRNN(RecurrentBase):
         h: (B, D); x_score: (B,) the input term v·x_t (:meth:`input_scores`) -> (B,).
         """
         u, b = getattr(self, f"scheduler_h_l{layer}"), getattr(self, f"scheduler_bias_l{layer}")
+        h = h.detach() if self.options["detach_scheduler_state"] else h
         m = torch.sigmoid(h @ u + x_score + b)
         scale = float(self.options["scale"])
         return m if scale == 1.0 else (m * scale).clamp(max=1.0)
