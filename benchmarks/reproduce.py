@@ -82,7 +82,10 @@ TABLES: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "paper_cpu_act_parity": (("paper_cpu/act/",), "task,size,layout,model,time_penalty,lr,train_steps"),
     "paper_cpu_sa_rnn_adding_t500": (("paper_cpu/sa_rnn/",), "task,model,budget,lr,detach_gate_state"),
-    "paper_cpu_vc_rnn_char_lm": (("paper_cpu/vc_rnn/",), "task,model,hidden_size,target,penalty,detach_scheduler_state"),
+    "paper_cpu_vc_rnn_char_lm": (
+        ("paper_cpu/vc_rnn/",),
+        "task,model,hidden_size,target,penalty,detach_scheduler_state",
+    ),
     "stability": (
         ("stability/",),
         "task,length,sampling_period_ms,model,lr,lr_final,graph,gate_grad_clip,detach_gate_state",
