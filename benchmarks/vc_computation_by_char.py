@@ -19,23 +19,10 @@ from collections import defaultdict
 
 import torch
 
+from adaptrnn.plot import CHAR_CLASSES, char_class
 from adaptrnn.runs import load_run
 
-CLASSES = ("space", "newline", "punctuation", "word start", "letter", "other")
 FIELDS = ("run_dir", "checkpoint", "class", "characters", "mean_updates", "mean_scheduler")
-
-
-def char_class(ch: str, previous: str) -> str:
-    """The class of ``ch``; ``previous`` is the character before it ("" at the start)."""
-    if ch == " ":
-        return "space"
-    if ch == "\n":
-        return "newline"
-    if ch in ".,;:!?'\"-":
-        return "punctuation"
-    if ch.isalpha():
-        return "word start" if previous in ("", " ", "\n") else "letter"
-    return "other"
 
 
 def by_class(run_dir: str, checkpoint: str | None, batch_size: int | None) -> list[dict]:
@@ -68,7 +55,7 @@ def by_class(run_dir: str, checkpoint: str | None, batch_size: int | None) -> li
             "mean_updates": sums[name][1] / sums[name][0],
             "mean_scheduler": sums[name][2] / sums[name][0],
         }
-        for name in CLASSES
+        for name in CHAR_CLASSES
         if sums[name][0]
     ]
 

@@ -266,7 +266,15 @@ def test_text_plot(tmp_path, key):
     out = plot_runs([run], tmp_path / "text.png")  # auto -> text
     image = read_png(out)
     assert image.shape[:2] == (round(plot.DPI * (0.22 * 4 + 2.6)), round(plot.DPI * (0.12 * 80 + 1.6)))
-    assert plot._char_class(" ") == "space" and plot._char_class("a") == "letter"
+    assert plot.char_class(" ") == "space" and plot.char_class("a", "T") == "letter"
+
+
+def test_char_classes() -> None:
+    got = [
+        plot.char_class(ch, prev)
+        for ch, prev in [(" ", "a"), ("\n", "a"), ("!", "a"), ("W", " "), ("W", ""), ("e", "W"), ("3", " ")]
+    ]
+    assert got == ["space", "newline", "punctuation", "word start", "word start", "letter", "other"]
 
 
 def test_plot_cli(tmp_path, capsys):

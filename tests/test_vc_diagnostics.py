@@ -43,14 +43,6 @@ def vc_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_char_classes() -> None:
-    got = [
-        by_char.char_class(ch, prev)
-        for ch, prev in [(" ", "a"), ("\n", "a"), ("!", "a"), ("W", " "), ("W", ""), ("e", "W"), ("3", " ")]
-    ]
-    assert got == ["space", "newline", "punctuation", "word start", "word start", "letter", "other"]
-
-
 def test_classes_cover_the_test_split_and_add_up_to_the_evaluation(vc_run: Path) -> None:
     rows = by_char.by_class(str(vc_run), "last", None)
     want = evaluate(vc_run, checkpoint="last")

@@ -156,14 +156,21 @@ def plot_update_pattern(run_dir: str | Path, out: str | Path, *, max_samples: in
     return _save(fig, out)
 
 
-def _char_class(ch: str) -> str:
+CHAR_CLASSES = ("word start", "letter", "space", "punctuation", "newline", "other")
+
+
+def char_class(ch: str, previous: str = "") -> str:
+    """The class of character ``ch`` (one of CHAR_CLASSES); ``previous`` is the character before it
+    ("" at the start of a text), which tells the first letter of a word from the others."""
     if ch == " ":
         return "space"
     if ch == "\n":
         return "newline"
     if ch in ".,;:!?'\"-":
         return "punctuation"
-    return "letter" if ch.isalpha() else "other"
+    if ch.isalpha():
+        return "word start" if previous in ("", " ", "\n") else "letter"
+    return "other"
 
 
 def plot_text_computation(
@@ -207,8 +214,8 @@ def plot_text_computation(
     text_ax.set_ylim(rows, 0)
     text_ax.set_axis_off()
     fig.colorbar(mappable, ax=text_ax, label=key, fraction=0.03)
-    classes = [_char_class(ch) for ch in text]
-    names = [c for c in ("letter", "space", "punctuation", "newline", "other") if c in classes]
+    classes = [char_class(ch, text[k - 1] if k else "") for k, ch in enumerate(text)]
+    names = [c for c in CHAR_CLASSES if c in classes]
     means = [float(values[[k for k, c in enumerate(classes) if c == name]].mean()) for name in names]
     class_ax.bar(names, means, color="tab:blue")
     class_ax.set_ylabel(f"mean {key}")
