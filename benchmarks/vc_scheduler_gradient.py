@@ -24,10 +24,10 @@ import sys
 import torch
 
 from adaptrnn.model import set_schedule_values
-from adaptrnn.runinfo import group_grad_norms, parameter_groups
+from adaptrnn.runinfo import GROUPS, group_grad_norms, parameter_groups
 from adaptrnn.runs import load_run
 
-FIELDS = ("checkpoint", "sharpness", "detach_scheduler_state", "batch", "loss", "grad_cell", "grad_gate", "grad_head")
+FIELDS = ("checkpoint", "sharpness", "detach_scheduler_state", "batch", "loss", *(f"grad_{g}" for g in GROUPS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                         "detach_scheduler_state": detach,
                         "batch": i,
                         "loss": float(loss.detach()),
-                        **{f"grad_{g}": norms[g] for g in ("cell", "gate", "head")},
+                        **{f"grad_{g}": norms[g] for g in GROUPS},
                     }
                 )
                 r = rows[-1]

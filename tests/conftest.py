@@ -7,7 +7,11 @@ import the helpers with ``from conftest import ...`` (pytest puts ``tests/`` on 
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -33,6 +37,18 @@ COSTLY = {
     "vc": {"penalty": 1.0},
     "sa": {"budget": 0.1},
 }
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/NAME.py`` as a module (registered in sys.modules under ``name``)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 # Lengths of a padded batch: unsorted, with both extremes 1 and T.
 LENGTHS = torch.tensor([T, 2, T - 2, 1])
 

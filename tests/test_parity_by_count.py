@@ -6,21 +6,14 @@ error and ponder time, weighted by size, must give what the trainer's evaluation
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from adaptrnn.config import make_config
 from adaptrnn.runs import evaluate
 from adaptrnn.train import train
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("parity_error_by_count", ROOT / "benchmarks" / "parity_error_by_count.py")
-by_count = importlib.util.module_from_spec(spec)
-sys.modules["parity_error_by_count"] = by_count
-spec.loader.exec_module(by_count)
+by_count = load_benchmark("parity_error_by_count")
 
 
 def test_groups_cover_the_test_split_and_add_up_to_the_evaluation(tmp_path, capsys):

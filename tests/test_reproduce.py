@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,12 +13,9 @@ import torch
 import yaml
 
 from adaptrnn.config import load_config_file, make_config
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
-reproduce = importlib.util.module_from_spec(spec)
-sys.modules["reproduce"] = reproduce
-spec.loader.exec_module(reproduce)
+reproduce = load_benchmark("reproduce")
 Row = reproduce.Row
 
 

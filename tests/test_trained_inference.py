@@ -7,8 +7,6 @@ times are positive, and the counted computation equals what the trainer's evalua
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,12 +16,9 @@ from adaptrnn.config import make_config
 from adaptrnn.evaluation import evaluate_split
 from adaptrnn.runs import load_run
 from adaptrnn.train import train
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("trained_inference", ROOT / "benchmarks" / "trained_inference.py")
-trained_inference = importlib.util.module_from_spec(spec)
-sys.modules["trained_inference"] = trained_inference
-spec.loader.exec_module(trained_inference)
+trained_inference = load_benchmark("trained_inference")
 
 SETS = ["hidden_size=12", "batch_size=16", "eval_batch_size=32", "eval_every=3", "val_size=64", "test_size=64"]
 

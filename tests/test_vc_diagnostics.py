@@ -9,8 +9,6 @@ setting and batch.
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,20 +16,10 @@ import pytest
 from adaptrnn.config import make_config
 from adaptrnn.runs import evaluate
 from adaptrnn.train import train
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-by_char = load_script("vc_computation_by_char")
-scheduler_gradient = load_script("vc_scheduler_gradient")
+by_char = load_benchmark("vc_computation_by_char")
+scheduler_gradient = load_benchmark("vc_scheduler_gradient")
 
 
 @pytest.fixture(scope="module")
